@@ -1,0 +1,171 @@
+"""The embedded black box: a frozen clip recognizer that *talks* like an MLLM.
+
+It stands in for Video-LLaVA on the embedded benchmark so the whole method runs on a laptop CPU:
+trained once on the synthetic training split (cached next to the data, retrained only when the
+cache is missing), it answers every request with free text from several paraphrase templates —
+confident ("The person seems to be waving a hand."), hedged between its two best guesses, or
+unsure — and never exposes logits or gradients. The training step must turn that text into a loss
+exactly as it would for a real MLLM (:mod:`privacy_lit.utility.retrieval`).
+"""
+
+from __future__ import annotations
+
+import zlib
+from pathlib import Path
+
+import lightning as L
+import torch
+from torch import Tensor
+from torch.nn import functional as F
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from privacy_lit.data.hmdb51 import HMDB51Clips
+from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
+from privacy_lit.models.recognizer import ClipRecognizer
+
+CONFIDENT = (
+    "The person seems to be {a}.",
+    "In this video, someone is {a}.",
+    "It looks like a person {a}.",
+    "The video shows a person who is {a}.",
+)
+HEDGED = (
+    "It is hard to tell; maybe {a}, or perhaps {b}.",
+    "The person might be {a} or {b}.",
+)
+UNSURE = ("I am not sure what the person is doing.", "The video is unclear to me.")
+
+
+class EmbeddedActionMLLM(BlackBoxMLLM):
+    """Free-text answers from a frozen recognizer of ``classes`` (label order) → ``phrases``."""
+
+    def __init__(
+        self,
+        data_root: str = "data/synthetic",
+        checkpoint: str = "data/synthetic/standin_recognizer.pt",
+        phrases: dict[str, str] | None = None,
+        confident_above: float = 0.6,
+        unsure_below: float = 0.3,
+        train_epochs: int = 24,
+        seed: int = 0,
+    ):
+        super().__init__()
+        from privacy_lit.data.synthetic import ACTION_PHRASES
+
+        self.data_root, self.checkpoint = Path(data_root), Path(checkpoint)
+        self.phrases = dict(phrases or ACTION_PHRASES)
+        self.classes = sorted(self.phrases)
+        self.confident_above, self.unsure_below = confident_above, unsure_below
+        self.train_epochs, self.seed = train_epochs, seed
+        self._model: ClipRecognizer | None = None
+
+    def prepare(self) -> None:
+        if self._model is not None:
+            return
+        if not self.checkpoint.is_file():
+            train_recognizer(self.data_root, self.checkpoint, self.classes, self.train_epochs, self.seed)
+        state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
+        if state["classes"] != self.classes:
+            raise ValueError(
+                f"{self.checkpoint} was trained on classes {state['classes']}, expected "
+                f"{self.classes}; delete it to retrain"
+            )
+        model = ClipRecognizer(len(self.classes))
+        model.load_state_dict(state["model"])
+        self._model = model.eval().requires_grad_(False)
+
+    @torch.inference_mode()
+    def _answer(self, requests: list[Request]) -> list[Answer]:
+        self.prepare()
+        assert self._model is not None
+        clips = torch.stack([r.visual for r in requests])
+        probs = F.softmax(self._model(clips_to_input(clips)), dim=-1)
+        return [self._phrase(p, r.visual) for p, r in zip(probs, requests, strict=True)]
+
+    def _phrase(self, probs: Tensor, visual: Tensor) -> Answer:
+        # The paraphrase is picked from the pixels, so the same input always gets the same answer
+        # (like greedy decoding) while different inputs get varied wording.
+        pick = zlib.crc32(visual.numpy().tobytes())
+        top2 = torch.topk(probs, 2)
+        first = self.phrases[self.classes[int(top2.indices[0])]]
+        second = self.phrases[self.classes[int(top2.indices[1])]]
+        confidence = float(top2.values[0])
+        if confidence >= self.confident_above:
+            text = CONFIDENT[pick % len(CONFIDENT)].format(a=first)
+        elif confidence >= self.unsure_below:
+            text = HEDGED[pick % len(HEDGED)].format(a=first, b=second)
+        else:
+            text = UNSURE[pick % len(UNSURE)]
+        return Answer(text)
+
+
+def clips_to_input(clips: Tensor) -> Tensor:
+    """uint8 ``B × T × H × W × 3`` → float ``B × 3 × T × H × W`` in [0, 1]."""
+    return clips.permute(0, 4, 1, 2, 3).float().div(255)
+
+
+def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
+    """Appearance augmentations, so the recognizer — like an MLLM — reads actions from motion and
+    shape and is indifferent to colour: random channel order, grey-scale, contrast, brightness,
+    noise and horizontal flips (every synthetic action is left–right symmetric in meaning)."""
+    b = x.shape[0]
+
+    def coin(p: float) -> Tensor:
+        return torch.rand(b, generator=generator) < p
+
+    perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)])
+    x = torch.stack([x[i, perm[i]] for i in range(b)])
+    gray = x.mean(dim=1, keepdim=True).expand_as(x)
+    x = torch.where(coin(0.3).view(b, 1, 1, 1, 1), gray, x)
+    mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
+    contrast = 0.5 + torch.rand(b, 1, 1, 1, 1, generator=generator)
+    x = (x - mean) * contrast + mean + 0.2 * (torch.rand(b, 1, 1, 1, 1, generator=generator) - 0.5)
+    x = x + 0.03 * torch.randn(x.shape, generator=generator)
+    x = torch.where(coin(0.5).view(b, 1, 1, 1, 1), x.flip(-1), x)
+    return x.clamp(0, 1)
+
+
+def train_recognizer(
+    data_root: Path, checkpoint: Path, classes: list[str], epochs: int, seed: int
+) -> None:
+    """Train the stand-in once on the raw synthetic training split and save it to ``checkpoint``."""
+    L.seed_everything(seed, verbose=False)
+    dataset = HMDB51Clips(
+        data_root / "hmdb51", data_root / "testTrainMulti_7030_splits", 1, "train",
+        num_frames=8, stride=2, size=None, random_start=True, seed=seed,
+    )  # fmt: skip
+    if dataset.classes != classes:
+        raise ValueError(f"{data_root} has actions {dataset.classes}, expected {classes}")
+    loader = DataLoader(dataset, batch_size=16, shuffle=True, drop_last=True,
+                        generator=torch.Generator().manual_seed(seed))  # fmt: skip
+    model = ClipRecognizer(len(classes))
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * len(loader))
+    generator = torch.Generator().manual_seed(seed)
+    model.train()
+    bar = tqdm(range(epochs), desc="stand-in black box: training once", unit="epoch")
+    for epoch in bar:
+        dataset.epoch = epoch
+        for batch in loader:
+            loss = F.cross_entropy(model(_augment(clips_to_input(batch["clip"]), generator)),
+                                   batch["action"])  # fmt: skip
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    checkpoint.parent.mkdir(parents=True, exist_ok=True)
+    tmp = checkpoint.with_suffix(".tmp")
+    torch.save({"model": model.state_dict(), "classes": classes}, tmp)
+    tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written cache
+
+
+def recognizer_accuracy(backend: EmbeddedActionMLLM, clips: Tensor, labels: Tensor) -> float:
+    """White-box top-1 of the stand-in's recognizer (for tests and data checks, not training)."""
+    backend.prepare()
+    assert backend._model is not None
+    with torch.inference_mode():
+        return float((backend._model(clips_to_input(clips)).argmax(-1) == labels).float().mean())
+
+

@@ -1,0 +1,104 @@
+"""The anonymizer f_A: a reduced-channel UNet trunk and a light depthwise-separable head.
+
+App. E: the UNet is pre-trained to reconstruct its input (L1), then only the head is trained by the
+zeroth-order method, because SPSA's variance grows with the number of parameters it perturbs
+(~9k parameters instead of the 25M of SPAct's UNet). :meth:`Anonymizer.trainable_parameters`
+is the single source of which parameters the ZO step may touch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+
+def _double_conv(cin: int, cout: int) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(cin, cout, 3, padding=1), nn.ReLU(inplace=True),
+        nn.Conv2d(cout, cout, 3, padding=1), nn.ReLU(inplace=True),
+    )  # fmt: skip
+
+
+class UNetTrunk(nn.Module):
+    """Encoder–decoder with skip connections and bilinear up-sampling (as SPAct's UNet), no norm
+    layers: the trunk is frozen after pre-training and must behave the same in train and eval."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128)):
+        super().__init__()
+        widths = list(widths)
+        self.down = nn.ModuleList()
+        cin = 3
+        for w in widths:
+            self.down.append(_double_conv(cin, w))
+            cin = w
+        self.up = nn.ModuleList(
+            _double_conv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+        )
+        self.out_channels = widths[0]
+
+    def forward(self, x: Tensor) -> Tensor:
+        skips = []
+        for i, block in enumerate(self.down):
+            x = block(x if i == 0 else F.max_pool2d(x, 2))
+            skips.append(x)
+        for block, skip in zip(self.up, reversed(skips[:-1]), strict=True):
+            x = F.interpolate(x, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            x = block(torch.cat([x, skip], dim=1))
+        return x
+
+
+class SeparableHead(nn.Module):
+    """Depthwise-separable convolutions (Xception) from trunk features to an RGB image in [0, 1]."""
+
+    def __init__(self, in_channels: int = 16, hidden: Sequence[int] = (64, 64)):
+        super().__init__()
+        layers: list[nn.Module] = []
+        cin = in_channels
+        for cout in [*hidden, 3]:
+            layers += [
+                nn.Conv2d(cin, cin, 3, padding=1, groups=cin),  # depthwise: spatial mixing
+                nn.Conv2d(cin, cout, 1),  # pointwise: channel mixing
+            ]
+            if cout != 3:
+                layers.append(nn.ReLU(inplace=True))
+            cin = cout
+        self.layers = nn.Sequential(*layers)
+        # Depthwise convolutions are memory-bound on CPU; channels-last makes them ~3x faster.
+        self.to(memory_format=torch.channels_last)
+
+    def forward(self, features: Tensor) -> Tensor:
+        features = features.contiguous(memory_format=torch.channels_last)
+        return torch.sigmoid(self.layers(features)).contiguous()
+
+
+class Anonymizer(nn.Module):
+    """f_A(x) = head(trunk(x)); images are float ``B × 3 × H × W`` in [0, 1]."""
+
+    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), head_hidden: Sequence[int] = (88, 64)):
+        super().__init__()
+        self.trunk = UNetTrunk(widths)
+        self.head = SeparableHead(self.trunk.out_channels, head_hidden)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.head(self.trunk(x))
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """The parameters the zeroth-order step perturbs and updates: the head only (App. E)."""
+        return list(self.head.parameters())
+
+
+def anonymize_frames(anonymizer: nn.Module, frames: Tensor) -> Tensor:
+    """Apply an image anonymizer to uint8 ``... × H × W × 3`` frames; returns float in [0, 1]
+    with the same leading shape and channels first (``... × 3 × H × W``)."""
+    lead = frames.shape[:-3]
+    x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float().div(255)
+    return anonymizer(x).reshape(*lead, *x.shape[1:])
+
+
+def to_uint8(images: Tensor) -> Tensor:
+    """Float ``... × 3 × H × W`` in [0, 1] to the uint8 ``... × H × W × 3`` pixels a user uploads."""
+    out = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
+    return out.movedim(-3, -1).contiguous()

@@ -1,0 +1,307 @@
+"""The LightningModule: one training step of the paper (Eq. 11–12), and the pre-training phases.
+
+``fit`` runs three phases, chosen by epoch, so one command does everything and a checkpoint of any
+phase resumes where it stopped:
+
+1. ``recon_epochs``: the whole anonymizer learns to reconstruct its input (L1; App. E, SPAct).
+2. ``reviewer_epochs``: the privacy reviewer learns the attributes on anonymized images.
+3. the rest: the adversarial phase. Each step (DESIGN.md "One training step"):
+   privacy loss and its autograd gradient h_k; SPSA ĝ_k from two black-box evaluations at
+   θ ± c_kΔ_k (both in one backend call); critical-history g̃_k and I_k (Alg. 1); the augmented
+   Tchebycheff branch (Eq. 11); θ ← θ − a_k ∇̂L_AT (Eq. 12); then one reviewer step.
+
+Only the anonymizer head (``Anonymizer.trainable_parameters``) is perturbed and updated in phase 3.
+The black box is reached only through :class:`privacy_lit.mllm.BlackBoxMLLM` with uint8 pixels.
+"""
+
+from __future__ import annotations
+
+import zlib
+from collections.abc import Sequence
+from typing import Any
+
+import lightning as L
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+
+from privacy_lit.mllm.base import BlackBoxMLLM, Request
+from privacy_lit.models.anonymizer import Anonymizer, to_uint8
+from privacy_lit.models.reviewer import build_reviewer
+from privacy_lit.privacy import privacy_loss
+from privacy_lit.utility.retrieval import RetrievalScorer
+from privacy_lit.zo.history import CriticalHistoryEstimator, Selection
+from privacy_lit.zo.scalarize import Method, ParetoScalarizer
+from privacy_lit.zo.spsa import GainSchedule, assign_flat, flat_parameters, perturbed, rademacher
+from privacy_lit.zo.spsa import spsa_gradient
+
+
+class PrivacySystem(L.LightningModule):
+    """Anonymizer f_A trained against a black-box MLLM and an adversarial privacy reviewer f_P.
+
+    Args:
+        mllm: the black box (any :class:`BlackBoxMLLM`).
+        prompt: the question sent with every visual input.
+        lambda_utility, lambda_privacy: λ₁, λ₂ of Eq. 4–6 (App. E: 0.5, 0.5).
+        scalarization: ``"at"`` (Eq. 6), ``"t"`` (Eq. 5) or ``"ws"`` (Eq. 4) — Tab. 5.
+        eps_ratio, sigma: ε = eps_ratio·z* and σ of Eq. 6 (0.1, 1e-4).
+        gamma, b, history_size, decay: γ, b, m, d of Eq. 8–10 (0.5, 0.3, 10, 0.5).
+        history_selection, use_history, adjust_direction, adjust_step: the Tab. 7 ablations.
+        a, a_decay, a_stability, c, c_decay: SPSA gains a_k = a/(k+1+A)^α, c_k = c/(k+1)^γ_c.
+        reviewer_arch: ``"resnet50"`` (paper) or ``"resnet18"`` (CPU demo only).
+        anonymizer_widths, head_hidden: UNet trunk widths and head widths (~9k head parameters).
+        recon_epochs, reviewer_epochs: lengths of the pre-training phases.
+        recon_lr, reviewer_lr: Adam learning rates of reconstruction and of the reviewer.
+        text_encoder, retrieval_temperature: retrieval scoring of answers (None = all-MiniLM-L6-v2).
+        zo_seed: base seed of the perturbations Δ_k (Δ_k is regenerated from (zo_seed, k)).
+    """
+
+    def __init__(
+        self,
+        mllm: BlackBoxMLLM,
+        prompt: str = "What is the person in the video doing? Answer in one sentence.",
+        lambda_utility: float = 0.5,
+        lambda_privacy: float = 0.5,
+        scalarization: Method = "at",
+        eps_ratio: float = 0.1,
+        sigma: float = 1e-4,
+        gamma: float = 0.5,
+        b: float = 0.3,
+        history_size: int = 10,
+        decay: float = 0.5,
+        history_selection: Selection = "critical",
+        use_history: bool = True,
+        adjust_direction: bool = True,
+        adjust_step: bool = True,
+        a: float = 0.01,
+        a_decay: float = 0.4,
+        a_stability: float = 0.0,
+        c: float = 0.005,
+        c_decay: float = 0.2,
+        reviewer_arch: str = "resnet50",
+        num_attributes: int = 7,
+        anonymizer_widths: Sequence[int] = (16, 32, 64, 128),
+        head_hidden: Sequence[int] = (88, 64),
+        recon_epochs: int = 2,
+        reviewer_epochs: int = 2,
+        recon_lr: float = 1e-3,
+        reviewer_lr: float = 1e-3,
+        text_encoder: str | None = None,
+        retrieval_temperature: float = 0.05,
+        zo_seed: int = 0,
+    ):
+        super().__init__()
+        self.save_hyperparameters(ignore=["mllm"])
+        self.automatic_optimization = False
+        self.mllm = mllm
+        self.anonymizer = Anonymizer(anonymizer_widths, head_hidden)
+        self.reviewer = build_reviewer(reviewer_arch, num_attributes)
+        self.gains = GainSchedule(a, a_decay, a_stability, c, c_decay)
+        self.estimator = CriticalHistoryEstimator(
+            gamma, b, history_size, decay, history_selection, use_history, adjust_direction,
+            adjust_step,
+        )  # fmt: skip
+        self.scalarizer = ParetoScalarizer((lambda_utility, lambda_privacy), scalarization, eps_ratio, sigma)
+        self.zo_step = 0
+        self.scorer: RetrievalScorer | None = None
+        self.val_top1: MulticlassAccuracy | None = None
+        self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
+
+    # ----------------------------------------------------------------------------- set-up
+    def setup(self, stage: str) -> None:
+        datamodule = self.trainer.datamodule
+        if len(datamodule.attribute_names) != self.hparams.num_attributes:
+            raise ValueError(
+                f"num_attributes={self.hparams.num_attributes} but the data has "
+                f"{len(datamodule.attribute_names)}: {datamodule.attribute_names}"
+            )
+        self.scorer = RetrievalScorer(
+            datamodule.class_names, self.hparams.text_encoder, self.hparams.retrieval_temperature
+        )
+        self.val_top1 = MulticlassAccuracy(len(datamodule.class_names), average="micro").to(self.device)
+        self.mllm.prepare()
+
+    def on_fit_start(self) -> None:
+        trainable = sum(p.numel() for p in self.anonymizer.trainable_parameters())
+        total = sum(p.numel() for p in self.anonymizer.parameters())
+        self.print(f"anonymizer: {total} parameters, {trainable} trained by the ZO step (head)")
+        for logger in self.loggers:
+            logger.log_hyperparams({"anonymizer_head_parameters": trainable, "anonymizer_parameters": total})
+
+    def configure_optimizers(self) -> list[torch.optim.Optimizer]:
+        return [
+            torch.optim.Adam(self.anonymizer.parameters(), lr=self.hparams.recon_lr),
+            torch.optim.Adam(self.reviewer.parameters(), lr=self.hparams.reviewer_lr),
+        ]
+
+    @property
+    def phase(self) -> str:
+        epoch, hp = self.current_epoch, self.hparams
+        if epoch < hp.recon_epochs:
+            return "reconstruction"
+        if epoch < hp.recon_epochs + hp.reviewer_epochs:
+            return "reviewer"
+        return "adversarial"
+
+    # ----------------------------------------------------------------------------- helpers
+    @staticmethod
+    def _images(frames: Tensor) -> Tensor:
+        """uint8 ``N × H × W × 3`` → float ``N × 3 × H × W`` in [0, 1]."""
+        return frames.permute(0, 3, 1, 2).float().div(255)
+
+    def _ask(self, clips: list[Tensor]) -> list[str]:
+        requests = [Request(clip.cpu(), self.hparams.prompt) for clip in clips]
+        return [answer.text for answer in self.mllm.answer(requests)]
+
+    # ----------------------------------------------------------------------------- training
+    def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
+        getattr(self, f"_{self.phase}_step")(batch)
+
+    def _reconstruction_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
+        anonymizer_opt, _ = self.optimizers()
+        frames = torch.cat([batch["utility"]["clip"].flatten(0, 1), batch["privacy"]["image"]])
+        x = self._images(frames)
+        loss = F.l1_loss(self.anonymizer(x), x)
+        anonymizer_opt.zero_grad()
+        self.manual_backward(loss)
+        anonymizer_opt.step()
+        self.log("pretrain/recon_l1", loss, prog_bar=True)
+
+    def _reviewer_update(self, images: Tensor, attributes: Tensor) -> Tensor:
+        _, reviewer_opt = self.optimizers()
+        self.reviewer.train()
+        loss = F.binary_cross_entropy_with_logits(self.reviewer(images), attributes)
+        reviewer_opt.zero_grad()
+        self.manual_backward(loss)
+        reviewer_opt.step()
+        return loss
+
+    def _reviewer_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
+        with torch.no_grad():
+            x_a = self.anonymizer(self._images(batch["privacy"]["image"]))
+        loss = self._reviewer_update(x_a, batch["privacy"]["attributes"])
+        self.log("pretrain/reviewer_bce", loss, prog_bar=True)
+
+    def _adversarial_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
+        k = self.zo_step
+        params = self.anonymizer.trainable_parameters()
+        a_k, c_k = self.gains.step_size(k), self.gains.perturbation_size(k)
+
+        # 1. privacy loss on x_a = f_A(x; θ) and its white-box gradient h_k
+        images, attributes = self._images(batch["privacy"]["image"]), batch["privacy"]["attributes"]
+        self.reviewer.eval()  # a fixed adversary for this step: no batch-norm statistics updates
+        with torch.no_grad():
+            image_features = self.anonymizer.trunk(images)
+        loss_privacy = privacy_loss(self.reviewer(self.anonymizer.head(image_features)))
+        h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_privacy, params)])
+
+        # 2. SPSA through the black box: θ ± c_kΔ_k, 2 queries per clip, one backend call
+        clips, actions = batch["utility"]["clip"], batch["utility"]["action"]
+        b, t = clips.shape[:2]
+        with torch.no_grad():
+            clip_features = self.anonymizer.trunk(self._images(clips.flatten(0, 1)))
+            delta = rademacher(h.numel(), seed=zlib.crc32(f"{self.hparams.zo_seed}:{k}".encode()))
+            anonymized = []
+            for sign in (1.0, -1.0):
+                with perturbed(params, delta.to(h), sign * c_k):
+                    frames = to_uint8(self.anonymizer.head(clip_features))
+                anonymized += list(frames.reshape(b, t, *frames.shape[1:]))
+        answers = self._ask(anonymized)
+        loss_plus = float(self.scorer.loss(answers[:b], actions))
+        loss_minus = float(self.scorer.loss(answers[b:], actions))
+        g_hat = spsa_gradient(loss_plus, loss_minus, delta, c_k).to(h)
+        loss_utility = 0.5 * (loss_plus + loss_minus)  # L_MLLM(θ_k) without a third query
+
+        # 3.–4. critical history (Alg. 1), then the scalarized direction (Eq. 11)
+        direction, indicator = self.estimator.step(g_hat, k)
+        grad_at, branch = self.scalarizer.direction(
+            [loss_utility, float(loss_privacy)], [(1.0 + indicator) * direction, h]
+        )
+        # 5. θ ← θ − a_k ∇̂L_AT (Eq. 12), then the adversarial reviewer step on the new x_a
+        with torch.no_grad():
+            assign_flat(params, flat_parameters(params) - a_k * grad_at.to(h))
+            x_a = self.anonymizer.head(image_features)
+        loss_reviewer = self._reviewer_update(x_a, attributes)
+        self.zo_step += 1
+
+        self.log_dict(
+            {
+                "train/utility_loss": loss_utility,
+                "train/privacy_loss": float(loss_privacy),
+                "train/reviewer_bce": float(loss_reviewer),
+                "zo/branch": float(branch),
+                "zo/indicator": indicator,
+                "zo/a_k": a_k,
+                "zo/c_k": c_k,
+                "zo/z_utility": float(self.scalarizer.ideal[0]),
+                "zo/z_privacy": float(self.scalarizer.ideal[1]),
+                "zo/g_hat_norm": float(g_hat.norm()),
+                "mllm/calls": float(self.mllm.stats.calls),
+            }
+        )
+        self.log_dict({"L_u": loss_utility, "L_p": float(loss_privacy)}, prog_bar=True, logger=False)
+
+    # ----------------------------------------------------------------------------- evaluation
+    def _evaluation_step(self, batch: dict[str, dict[str, Tensor] | None], prefix: str) -> None:
+        self.mllm.stage = prefix
+        utility, privacy = batch.get("utility"), batch.get("privacy")
+        with torch.no_grad():
+            if utility is not None:
+                clips = utility["clip"]
+                frames = to_uint8(self.anonymizer(self._images(clips.flatten(0, 1))))
+                answers = self._ask(list(frames.reshape(*clips.shape[:2], *frames.shape[1:])))
+                self.val_top1.update(self.scorer.predict(answers).to(self.device), utility["action"])
+            if privacy is not None:
+                self.reviewer.eval()
+                logits = self.reviewer(self.anonymizer(self._images(privacy["image"])))
+                self.val_cmap.update(torch.sigmoid(logits), privacy["attributes"].long())
+        self.mllm.stage = "train"
+
+    def _log_evaluation(self, prefix: str) -> None:
+        self.log_dict({f"{prefix}/top1": self.val_top1.compute(), f"{prefix}/reviewer_cmap": self.val_cmap.compute()})
+        self.val_top1.reset()
+        self.val_cmap.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._log_evaluation("val")
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self._evaluation_step(batch, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._log_evaluation("test")
+
+    def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
+        """Anonymized uint8 pixels of the batch's clips (``B × T × H × W × 3``)."""
+        clips = batch["utility"]["clip"] if "utility" in batch else batch["clip"]
+        frames = to_uint8(self.anonymizer(self._images(clips.flatten(0, 1))))
+        return frames.reshape(*clips.shape[:2], *frames.shape[1:])
+
+    # ----------------------------------------------------------------------------- state
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["zo"] = {
+            "step": self.zo_step,
+            "estimator": self.estimator.state_dict(),
+            "scalarizer": self.scalarizer.state_dict(),
+            "mllm_stats": self.mllm.stats.as_dict(),
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint.get("zo")
+        if state is None:
+            return
+        self.zo_step = state["step"]
+        self.estimator.load_state_dict(state["estimator"])
+        self.scalarizer.load_state_dict(state["scalarizer"])
+        stats = state["mllm_stats"]
+        self.mllm.stats.calls = int(stats["calls"])
+        self.mllm.stats.cache_hits = int(stats["cache_hits"])
+        self.mllm.stats.by_stage = {
+            k.removeprefix("calls_"): int(v) for k, v in stats.items() if k.startswith("calls_")
+        }
+
+

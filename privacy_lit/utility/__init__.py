@@ -1,0 +1,1 @@
+"""Turning black-box answers into losses and predictions."""

@@ -1,0 +1,22 @@
+"""Zeroth-order optimization in plain PyTorch, usable without Lightning.
+
+- :mod:`.spsa`: the SPSA estimator (Eq. 7), seeded Rademacher perturbations, gain schedules.
+- :mod:`.history`: the critical-history buffer (Eq. 8, Alg. 1), enhanced gradient (Eq. 9) and
+  status indicator (Eq. 10).
+- :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5) and augmented Tchebycheff (Eq. 6, 11).
+"""
+
+from privacy_lit.zo.history import CriticalHistory, CriticalHistoryEstimator, status_indicator
+from privacy_lit.zo.scalarize import ParetoScalarizer
+from privacy_lit.zo.spsa import GainSchedule, perturbed, rademacher, spsa_gradient
+
+__all__ = [
+    "CriticalHistory",
+    "CriticalHistoryEstimator",
+    "GainSchedule",
+    "ParetoScalarizer",
+    "perturbed",
+    "rademacher",
+    "spsa_gradient",
+    "status_indicator",
+]
