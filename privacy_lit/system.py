@@ -160,7 +160,8 @@ class PrivacySystem(L.LightningModule):
 
     def _reconstruction_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
         anonymizer_opt, _ = self.optimizers()
-        frames = torch.cat([batch["utility"]["clip"].flatten(0, 1), batch["privacy"]["image"]])
+        # every privacy image and one frame per clip: frames of a clip are near-duplicates
+        frames = torch.cat([batch["utility"]["clip"][:, 0], batch["privacy"]["image"]])
         x = self._images(frames)
         loss = F.l1_loss(self.anonymizer(x), x)
         anonymizer_opt.zero_grad()
@@ -193,19 +194,20 @@ class PrivacySystem(L.LightningModule):
         self.reviewer.eval()  # a fixed adversary for this step: no batch-norm statistics updates
         with torch.no_grad():
             image_features = self.anonymizer.trunk(images)
-        loss_privacy = privacy_loss(self.reviewer(self.anonymizer.head(image_features)))
+        loss_privacy = privacy_loss(self.reviewer(self.anonymizer.decode(images, image_features)))
         h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_privacy, params)])
 
         # 2. SPSA through the black box: θ ± c_kΔ_k, 2 queries per clip, one backend call
         clips, actions = batch["utility"]["clip"], batch["utility"]["action"]
         b, t = clips.shape[:2]
         with torch.no_grad():
-            clip_features = self.anonymizer.trunk(self._images(clips.flatten(0, 1)))
+            clip_frames = self._images(clips.flatten(0, 1))
+            clip_features = self.anonymizer.trunk(clip_frames)
             delta = rademacher(h.numel(), seed=zlib.crc32(f"{self.hparams.zo_seed}:{k}".encode()))
             anonymized = []
             for sign in (1.0, -1.0):
                 with perturbed(params, delta.to(h), sign * c_k):
-                    frames = to_uint8(self.anonymizer.head(clip_features))
+                    frames = to_uint8(self.anonymizer.decode(clip_frames, clip_features))
                 anonymized += list(frames.reshape(b, t, *frames.shape[1:]))
         answers = self._ask(anonymized)
         loss_plus = float(self.scorer.loss(answers[:b], actions))
@@ -216,20 +218,20 @@ class PrivacySystem(L.LightningModule):
         # 3.–4. critical history (Alg. 1), then the scalarized direction (Eq. 11)
         direction, indicator = self.estimator.step(g_hat, k)
         grad_at, branch = self.scalarizer.direction(
-            [loss_utility, float(loss_privacy)], [(1.0 + indicator) * direction, h]
+            [loss_utility, loss_privacy.item()], [(1.0 + indicator) * direction, h]
         )
         # 5. θ ← θ − a_k ∇̂L_AT (Eq. 12), then the adversarial reviewer step on the new x_a
         with torch.no_grad():
             assign_flat(params, flat_parameters(params) - a_k * grad_at.to(h))
-            x_a = self.anonymizer.head(image_features)
+            x_a = self.anonymizer.decode(images, image_features)
         loss_reviewer = self._reviewer_update(x_a, attributes)
         self.zo_step += 1
 
         self.log_dict(
             {
                 "train/utility_loss": loss_utility,
-                "train/privacy_loss": float(loss_privacy),
-                "train/reviewer_bce": float(loss_reviewer),
+                "train/privacy_loss": loss_privacy.item(),
+                "train/reviewer_bce": loss_reviewer.item(),
                 "zo/branch": float(branch),
                 "zo/indicator": indicator,
                 "zo/a_k": a_k,
@@ -240,7 +242,7 @@ class PrivacySystem(L.LightningModule):
                 "mllm/calls": float(self.mllm.stats.calls),
             }
         )
-        self.log_dict({"L_u": loss_utility, "L_p": float(loss_privacy)}, prog_bar=True, logger=False)
+        self.log_dict({"L_u": loss_utility, "L_p": loss_privacy.item()}, prog_bar=True, logger=False)
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict[str, dict[str, Tensor] | None], prefix: str) -> None:

@@ -436,13 +436,16 @@ class SyntheticDataModule(PrivacyUtilityDataModule):
         num_frames: int = 8,
         stride: int = 2,
         size: int = 64,
+        videos_per_action: dict[str, int] | None = None,
+        images: dict[str, int] | None = None,
         batch_size: int = 16,
         privacy_batch_size: int = 32,
         num_workers: int = 0,
     ):
         super().__init__(batch_size, privacy_batch_size, num_workers)
         self.root = Path(root)
-        self.config = SyntheticConfig(seed=seed, size=size)
+        sizes = {"videos_per_action": videos_per_action, "images": images}
+        self.config = SyntheticConfig(seed=seed, size=size, **{k: v for k, v in sizes.items() if v})
         self.num_frames, self.stride, self.seed = num_frames, stride, seed
 
     def prepare_data(self) -> None:

@@ -23,10 +23,9 @@ class Request:
     prompt: str
 
     def __post_init__(self) -> None:
+        # uint8 is what a user uploads, and an integer tensor cannot carry autograd history.
         if self.visual.dtype != torch.uint8:
             raise TypeError(f"black-box requests take uint8 pixels, got {self.visual.dtype}")
-        if self.visual.requires_grad:
-            raise ValueError("black-box requests must not carry autograd history")
         if self.visual.dim() not in (3, 4) or self.visual.shape[-1] != 3:
             raise ValueError(
                 f"expected an H×W×3 image or T×H×W×3 video, got shape {tuple(self.visual.shape)}"

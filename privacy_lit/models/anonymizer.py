@@ -51,7 +51,10 @@ class UNetTrunk(nn.Module):
 
 
 class SeparableHead(nn.Module):
-    """Depthwise-separable convolutions (Xception) from trunk features to an RGB image in [0, 1]."""
+    """Depthwise-separable convolutions (Xception) from trunk features to an RGB *residual*.
+
+    The last pointwise layer starts at zero, so f_A starts as the identity (see :class:`Anonymizer`).
+    """
 
     def __init__(self, in_channels: int = 16, hidden: Sequence[int] = (64, 64)):
         super().__init__()
@@ -66,16 +69,23 @@ class SeparableHead(nn.Module):
                 layers.append(nn.ReLU(inplace=True))
             cin = cout
         self.layers = nn.Sequential(*layers)
+        nn.init.zeros_(layers[-1].weight)
+        nn.init.zeros_(layers[-1].bias)
         # Depthwise convolutions are memory-bound on CPU; channels-last makes them ~3x faster.
         self.to(memory_format=torch.channels_last)
 
     def forward(self, features: Tensor) -> Tensor:
         features = features.contiguous(memory_format=torch.channels_last)
-        return torch.sigmoid(self.layers(features)).contiguous()
+        return self.layers(features).contiguous()
 
 
 class Anonymizer(nn.Module):
-    """f_A(x) = head(trunk(x)); images are float ``B × 3 × H × W`` in [0, 1]."""
+    """f_A(x) = σ(logit(x) + head(trunk(x))); images are float ``B × 3 × H × W`` in [0, 1].
+
+    The global input skip (in logit space, so the output stays in [0, 1]) makes the reconstruction
+    pre-training converge in a few steps instead of thousands, and keeps the ~9k-parameter head
+    responsible only for what must *change* in the image — the part the ZO step has to find.
+    """
 
     def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), head_hidden: Sequence[int] = (88, 64)):
         super().__init__()
@@ -83,7 +93,11 @@ class Anonymizer(nn.Module):
         self.head = SeparableHead(self.trunk.out_channels, head_hidden)
 
     def forward(self, x: Tensor) -> Tensor:
-        return self.head(self.trunk(x))
+        return self.decode(x, self.trunk(x))
+
+    def decode(self, x: Tensor, features: Tensor) -> Tensor:
+        """The output from precomputed trunk features: the ZO step reuses them for θ ± c_kΔ_k."""
+        return torch.sigmoid(torch.logit(x, eps=1e-3) + self.head(features))
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """The parameters the zeroth-order step perturbs and updates: the head only (App. E)."""

@@ -1,0 +1,59 @@
+"""The black-box seam: pixels in, text out, every query counted, no gradient ever through it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from privacy_lit.data.synthetic import ACTION_PHRASES
+from privacy_lit.mllm.base import Request
+from privacy_lit.mllm.standin import EmbeddedActionMLLM
+from privacy_lit.utility.retrieval import RetrievalScorer
+
+
+@pytest.fixture(scope="module")
+def standin(tiny_root: Path) -> EmbeddedActionMLLM:
+    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    backend.prepare()
+    return backend
+
+
+def test_requests_reject_anything_but_plain_pixels() -> None:
+    with pytest.raises(TypeError, match="uint8"):
+        Request(torch.rand(8, 64, 64, 3), "q")
+    with pytest.raises(TypeError, match="uint8"):
+        Request(torch.rand(8, 64, 64, 3, requires_grad=True), "q")
+    with pytest.raises(ValueError, match="T×H×W×3"):
+        Request(torch.zeros(3, 64, 64, dtype=torch.uint8).unsqueeze(0).unsqueeze(0), "q")
+
+
+def test_standin_answers_text_and_counts_queries(standin: EmbeddedActionMLLM) -> None:
+    clips = torch.randint(0, 256, (5, 8, 64, 64, 3), dtype=torch.uint8)
+    before = standin.stats.calls
+    answers = standin.answer([Request(c, "What is happening?") for c in clips])
+    assert len(answers) == 5 and all(isinstance(a.text, str) and a.text for a in answers)
+    assert all(a.option_scores is None for a in answers)  # no logits leak out
+    assert standin.stats.calls == before + 5
+    again = standin.answer([Request(clips[0], "What is happening?")])
+    assert again[0].text == answers[0].text  # deterministic, like greedy decoding
+
+
+def test_answers_become_a_loss_without_a_graph(standin: EmbeddedActionMLLM) -> None:
+    x = torch.rand(2, 8, 64, 64, 3, requires_grad=True)
+    pixels = (x * 255).round().to(torch.uint8)  # what is uploaded: no autograd history
+    answers = [a.text for a in standin.answer([Request(p, "q") for p in pixels])]
+    scorer = RetrievalScorer([ACTION_PHRASES[a] for a in sorted(ACTION_PHRASES)])
+    loss = scorer.loss(answers, torch.tensor([0, 1]))
+    assert loss.grad_fn is None and not loss.requires_grad
+    with pytest.raises(RuntimeError):
+        loss.backward()
+
+
+def test_retrieval_scoring_recovers_the_class_of_clear_answers() -> None:
+    phrases = [ACTION_PHRASES[a] for a in sorted(ACTION_PHRASES)]
+    scorer = RetrievalScorer(phrases)
+    answers = [f"The person seems to be {p}." for p in phrases]
+    assert scorer.predict(answers).tolist() == list(range(len(phrases)))
+    assert scorer.logits([""]).abs().sum() == 0  # an empty answer favours no class
