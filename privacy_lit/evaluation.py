@@ -125,7 +125,10 @@ def format_table(rows: list[Row]) -> str:
     """A Markdown table in the paper's style (utility ↑, privacy ↓, black-box calls per sample)."""
     lines = ["| method | top-1 (%) ↑ | cMAP (%) ↓ | MLLM calls / sample |", "|---|---:|---:|---:|"]
     for r in rows:
-        lines.append(f"| {r.method} | {100 * r.top1:.1f} | {100 * r.cmap:.1f} | {r.mllm_calls_per_sample:.1f} |")
+        lines.append(
+            f"| {r.method} | {100 * r.top1:.1f} | {100 * r.cmap:.1f} "
+            f"| {r.mllm_calls_per_sample:.1f} |"
+        )
     return "\n".join(lines)
 
 

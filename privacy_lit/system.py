@@ -22,7 +22,7 @@ from typing import Any
 
 import lightning as L
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
@@ -33,8 +33,14 @@ from privacy_lit.privacy import privacy_loss
 from privacy_lit.utility.retrieval import RetrievalScorer
 from privacy_lit.zo.history import CriticalHistoryEstimator, Selection
 from privacy_lit.zo.scalarize import Method, ParetoScalarizer
-from privacy_lit.zo.spsa import GainSchedule, assign_flat, flat_parameters, perturbed, rademacher
-from privacy_lit.zo.spsa import spsa_gradient
+from privacy_lit.zo.spsa import (
+    GainSchedule,
+    assign_flat,
+    flat_parameters,
+    perturbed,
+    rademacher,
+    spsa_gradient,
+)
 
 
 class PrivacySystem(L.LightningModule):
@@ -55,6 +61,10 @@ class PrivacySystem(L.LightningModule):
         recon_lr, reviewer_lr: Adam learning rates of reconstruction and of the reviewer.
         text_encoder, retrieval_temperature: retrieval scoring of answers (None = all-MiniLM-L6-v2).
         zo_seed: base seed of the perturbations Δ_k (Δ_k is regenerated from (zo_seed, k)).
+        max_step_norm: if set, the update a_k∇̂L_AT is rescaled to at most this L2 norm. Not in the
+            paper (None reproduces Eq. 12); SPSA estimates have norm ~√p·|∂L| while h_k is a true
+            gradient, so with one a_k for both branches a rare large ĝ_k can undo many privacy
+            steps. Clipping the step is the usual guard, as gradient clipping is for SGD.
     """
 
     def __init__(
@@ -90,6 +100,7 @@ class PrivacySystem(L.LightningModule):
         text_encoder: str | None = None,
         retrieval_temperature: float = 0.05,
         zo_seed: int = 0,
+        max_step_norm: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["mllm"])
@@ -102,7 +113,9 @@ class PrivacySystem(L.LightningModule):
             gamma, b, history_size, decay, history_selection, use_history, adjust_direction,
             adjust_step,
         )  # fmt: skip
-        self.scalarizer = ParetoScalarizer((lambda_utility, lambda_privacy), scalarization, eps_ratio, sigma)
+        self.scalarizer = ParetoScalarizer(
+            (lambda_utility, lambda_privacy), scalarization, eps_ratio, sigma
+        )
         self.zo_step = 0
         self.scorer: RetrievalScorer | None = None
         self.val_top1: MulticlassAccuracy | None = None
@@ -119,7 +132,9 @@ class PrivacySystem(L.LightningModule):
         self.scorer = RetrievalScorer(
             datamodule.class_names, self.hparams.text_encoder, self.hparams.retrieval_temperature
         )
-        self.val_top1 = MulticlassAccuracy(len(datamodule.class_names), average="micro").to(self.device)
+        self.val_top1 = MulticlassAccuracy(len(datamodule.class_names), average="micro").to(
+            self.device
+        )
         self.mllm.prepare()
 
     def on_fit_start(self) -> None:
@@ -127,7 +142,9 @@ class PrivacySystem(L.LightningModule):
         total = sum(p.numel() for p in self.anonymizer.parameters())
         self.print(f"anonymizer: {total} parameters, {trainable} trained by the ZO step (head)")
         for logger in self.loggers:
-            logger.log_hyperparams({"anonymizer_head_parameters": trainable, "anonymizer_parameters": total})
+            logger.log_hyperparams(
+                {"anonymizer_head_parameters": trainable, "anonymizer_parameters": total}
+            )
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -221,8 +238,12 @@ class PrivacySystem(L.LightningModule):
             [loss_utility, loss_privacy.item()], [(1.0 + indicator) * direction, h]
         )
         # 5. θ ← θ − a_k ∇̂L_AT (Eq. 12), then the adversarial reviewer step on the new x_a
+        step = a_k * grad_at.to(h)
+        step_norm = float(step.norm())
+        if self.hparams.max_step_norm is not None and step_norm > self.hparams.max_step_norm:
+            step = step * (self.hparams.max_step_norm / step_norm)
         with torch.no_grad():
-            assign_flat(params, flat_parameters(params) - a_k * grad_at.to(h))
+            assign_flat(params, flat_parameters(params) - step)
             x_a = self.anonymizer.decode(images, image_features)
         loss_reviewer = self._reviewer_update(x_a, attributes)
         self.zo_step += 1
@@ -239,10 +260,14 @@ class PrivacySystem(L.LightningModule):
                 "zo/z_utility": float(self.scalarizer.ideal[0]),
                 "zo/z_privacy": float(self.scalarizer.ideal[1]),
                 "zo/g_hat_norm": float(g_hat.norm()),
+                "zo/h_norm": float(h.norm()),
+                "zo/step_norm": step_norm,
                 "mllm/calls": float(self.mllm.stats.calls),
             }
         )
-        self.log_dict({"L_u": loss_utility, "L_p": loss_privacy.item()}, prog_bar=True, logger=False)
+        self.log_dict(
+            {"L_u": loss_utility, "L_p": loss_privacy.item()}, prog_bar=True, logger=False
+        )
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict[str, dict[str, Tensor] | None], prefix: str) -> None:
@@ -253,7 +278,9 @@ class PrivacySystem(L.LightningModule):
                 clips = utility["clip"]
                 frames = to_uint8(self.anonymizer(self._images(clips.flatten(0, 1))))
                 answers = self._ask(list(frames.reshape(*clips.shape[:2], *frames.shape[1:])))
-                self.val_top1.update(self.scorer.predict(answers).to(self.device), utility["action"])
+                self.val_top1.update(
+                    self.scorer.predict(answers).to(self.device), utility["action"]
+                )
             if privacy is not None:
                 self.reviewer.eval()
                 logits = self.reviewer(self.anonymizer(self._images(privacy["image"])))
@@ -261,7 +288,12 @@ class PrivacySystem(L.LightningModule):
         self.mllm.stage = "train"
 
     def _log_evaluation(self, prefix: str) -> None:
-        self.log_dict({f"{prefix}/top1": self.val_top1.compute(), f"{prefix}/reviewer_cmap": self.val_cmap.compute()})
+        self.log_dict(
+            {
+                f"{prefix}/top1": self.val_top1.compute(),
+                f"{prefix}/reviewer_cmap": self.val_cmap.compute(),
+            }
+        )
         self.val_top1.reset()
         self.val_cmap.reset()
 
@@ -305,5 +337,3 @@ class PrivacySystem(L.LightningModule):
         self.mllm.stats.by_stage = {
             k.removeprefix("calls_"): int(v) for k, v in stats.items() if k.startswith("calls_")
         }
-
-

@@ -17,7 +17,11 @@ from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 
 def test_hmdb51_layout(tiny_root: Path) -> None:
     for action in ACTIONS:
-        lines = (tiny_root / "testTrainMulti_7030_splits" / f"{action}_test_split1.txt").read_text().split("\n")
+        lines = (
+            (tiny_root / "testTrainMulti_7030_splits" / f"{action}_test_split1.txt")
+            .read_text()
+            .split("\n")
+        )
         ids = [line.split()[1] for line in lines if line]
         assert ids.count("1") == TINY_VIDEOS["train"] and ids.count("2") == TINY_VIDEOS["test"]
         assert ids.count("0") == TINY_VIDEOS["unused"]
@@ -42,7 +46,9 @@ def test_vispr_layout(tiny_root: Path) -> None:
 
 
 def test_generation_is_deterministic(tiny_root: Path, tmp_path: Path) -> None:
-    again = generate(tmp_path, SyntheticConfig(seed=0, videos_per_action=TINY_VIDEOS, images=TINY_IMAGES))
+    again = generate(
+        tmp_path, SyntheticConfig(seed=0, videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+    )
     for rel in ["videos.json", "vispr/train2017.txt", "hmdb51/wave/wave_0000.avi",
                 "vispr/images/test2017/2017_30000003.jpg"]:  # fmt: skip
         assert filecmp.cmp(tiny_root / rel, again / rel, shallow=False), rel

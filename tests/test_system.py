@@ -36,8 +36,11 @@ def test_one_zo_step_changes_only_the_head(tiny_root: Path) -> None:
     data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
                                batch_size=4, privacy_batch_size=8)  # fmt: skip
     backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
-    system = PrivacySystem(backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, c=0.5)
-    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    system = PrivacySystem(
+        backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, c=0.5
+    )
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False,
                         limit_val_batches=0, accelerator="cpu")  # fmt: skip
     before = {k: v.clone() for k, v in system.anonymizer.state_dict().items()}
     trainer.fit(system, datamodule=data)
@@ -53,16 +56,21 @@ def test_fast_dev_run(tiny_root: Path, tmp_path: Path) -> None:
     main(["fit", *_tiny_args(tiny_root, tmp_path), "--trainer.fast_dev_run=1"])
 
 
-def test_full_tiny_pipeline_writes_the_results_table(tiny_root: Path, tmp_path: Path) -> None:
-    args = _tiny_args(tiny_root, tmp_path) + [
+def _tiny_pipeline(root: Path, out: Path) -> dict[str, dict]:
+    args = _tiny_args(root, out) + [
         "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", "--model.recon_epochs=1",
         "--model.reviewer_epochs=1", "--trainer.callbacks.init_args.reviewer_epochs=1",
     ]  # fmt: skip
     main(["fit", *args])
-    results = list(tmp_path.rglob("results.json"))
+    results = list(out.rglob("results.json"))
     assert len(results) == 1
-    rows = {r["method"]: r for r in json.loads(results[0].read_text())["rows"]}
+    return {r["method"]: r for r in json.loads(results[0].read_text())["rows"]}
+
+
+def test_full_tiny_pipeline_is_complete_and_reproducible(tiny_root: Path, tmp_path: Path) -> None:
+    rows = _tiny_pipeline(tiny_root, tmp_path / "first")
     assert set(rows) == {"raw", "downsample 4x", "ours"}
     assert rows["ours"]["mllm_calls_per_sample"] > 0
     assert all(0.0 <= r["top1"] <= 1.0 and 0.0 <= r["cmap"] <= 1.0 for r in rows.values())
     assert list(tmp_path.rglob("*.ckpt"))
+    assert _tiny_pipeline(tiny_root, tmp_path / "second") == rows  # same seed, same figures

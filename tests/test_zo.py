@@ -73,7 +73,9 @@ def test_gain_schedule_matches_app_e() -> None:
     capacity=st.integers(1, 8),
     decay=st.floats(0.1, 1.0),
 )
-def test_history_keeps_the_m_highest_decayed_scores(norms: list[float], capacity: int, decay: float) -> None:
+def test_history_keeps_the_m_highest_decayed_scores(
+    norms: list[float], capacity: int, decay: float
+) -> None:
     history = CriticalHistory(capacity, decay)
     for k, n in enumerate(norms):
         history.update(torch.tensor([n, 0.0]), k)

@@ -52,5 +52,7 @@ class PrivacyUtilityReport(L.Callback):
         )  # fmt: skip
         table = format_table(rows)
         out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
-        write_results(rows, out, {"mllm": pl_module.mllm.stats.as_dict(), "zo_steps": pl_module.zo_step})
+        write_results(
+            rows, out, {"mllm": pl_module.mllm.stats.as_dict(), "zo_steps": pl_module.zo_step}
+        )
         pl_module.print(f"\n{table}\n\nresults written to {out}")

@@ -63,7 +63,9 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
         return CombinedLoader(
             {
                 "utility": self._loader(self.utility_dataset("train"), self.batch_size, True),
-                "privacy": self._loader(self.privacy_dataset("train"), self.privacy_batch_size, True),
+                "privacy": self._loader(
+                    self.privacy_dataset("train"), self.privacy_batch_size, True
+                ),
             },
             mode="max_size_cycle",
         )
@@ -72,7 +74,9 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
         return CombinedLoader(
             {
                 "utility": self._loader(self.utility_dataset("test"), self.batch_size, False),
-                "privacy": self._loader(self.privacy_dataset("test"), self.privacy_batch_size, False),
+                "privacy": self._loader(
+                    self.privacy_dataset("test"), self.privacy_batch_size, False
+                ),
             },
             mode="max_size",
         )

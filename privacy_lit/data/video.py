@@ -14,7 +14,9 @@ import torch
 from torch import Tensor
 
 
-def clip_indices(num_video_frames: int, num_frames: int, stride: int, start: int | None) -> list[int]:
+def clip_indices(
+    num_video_frames: int, num_frames: int, stride: int, start: int | None
+) -> list[int]:
     """Indices of ``num_frames`` frames ``stride`` apart; centred when ``start`` is None.
 
     Short videos repeat their last frame rather than failing: the prior works pad the same way.

@@ -42,7 +42,9 @@ class VISPRImages(Dataset):
         listing = self.root / f"{split}.txt"
         if not listing.is_file():
             raise FileNotFoundError(f"missing VISPR split list {listing}")
-        self.annotations = [line.strip() for line in listing.read_text().splitlines() if line.strip()]
+        self.annotations = [
+            line.strip() for line in listing.read_text().splitlines() if line.strip()
+        ]
         if not self.annotations:
             raise ValueError(f"VISPR split list {listing} is empty")
         self._index = {a: i for i, a in enumerate(self.attributes)}

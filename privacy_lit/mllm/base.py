@@ -69,7 +69,7 @@ class BlackBoxMLLM(ABC):
         self.stats = QueryStats()
         self.stage = "train"
 
-    def prepare(self) -> None:
+    def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Load weights or open connections; called once before the first query."""
 
     def answer(self, requests: Sequence[Request]) -> list[Answer]:
@@ -78,7 +78,9 @@ class BlackBoxMLLM(ABC):
             return []
         answers = self._answer(list(requests))
         if len(answers) != len(requests):
-            raise RuntimeError(f"backend returned {len(answers)} answers for {len(requests)} requests")
+            raise RuntimeError(
+                f"backend returned {len(answers)} answers for {len(requests)} requests"
+            )
         self.stats.calls += len(requests)
         self.stats.by_stage[self.stage] = self.stats.by_stage.get(self.stage, 0) + len(requests)
         return answers

@@ -64,7 +64,9 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         if self._model is not None:
             return
         if not self.checkpoint.is_file():
-            train_recognizer(self.data_root, self.checkpoint, self.classes, self.train_epochs, self.seed)
+            train_recognizer(
+                self.data_root, self.checkpoint, self.classes, self.train_epochs, self.seed
+            )
         state = torch.load(self.checkpoint, map_location="cpu", weights_only=True)
         if state["classes"] != self.classes:
             raise ValueError(
@@ -141,7 +143,9 @@ def train_recognizer(
                         generator=torch.Generator().manual_seed(seed))  # fmt: skip
     model = ClipRecognizer(len(classes))
     optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 3e-3, total_steps=epochs * len(loader))
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, 3e-3, total_steps=epochs * len(loader)
+    )
     generator = torch.Generator().manual_seed(seed)
     model.train()
     bar = tqdm(range(epochs), desc="stand-in black box: training once", unit="epoch")
@@ -167,5 +171,3 @@ def recognizer_accuracy(backend: EmbeddedActionMLLM, clips: Tensor, labels: Tens
     assert backend._model is not None
     with torch.inference_mode():
         return float((backend._model(clips_to_input(clips)).argmax(-1) == labels).float().mean())
-
-

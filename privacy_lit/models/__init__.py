@@ -1,1 +1,1 @@
-"""Plain ``nn.Module`` models: the anonymizer f_A, the privacy reviewer f_P, the stand-in recognizer."""
+"""Plain ``nn.Module`` models: anonymizer f_A, privacy reviewer f_P, the stand-in's recognizer."""

@@ -35,7 +35,8 @@ class UNetTrunk(nn.Module):
             self.down.append(_double_conv(cin, w))
             cin = w
         self.up = nn.ModuleList(
-            _double_conv(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+            _double_conv(widths[i + 1] + widths[i], widths[i])
+            for i in reversed(range(len(widths) - 1))
         )
         self.out_channels = widths[0]
 
@@ -53,7 +54,7 @@ class UNetTrunk(nn.Module):
 class SeparableHead(nn.Module):
     """Depthwise-separable convolutions (Xception) from trunk features to an RGB *residual*.
 
-    The last pointwise layer starts at zero, so f_A starts as the identity (see :class:`Anonymizer`).
+    The last pointwise layer starts at zero, so f_A starts as the identity (:class:`Anonymizer`).
     """
 
     def __init__(self, in_channels: int = 16, hidden: Sequence[int] = (64, 64)):
@@ -87,7 +88,9 @@ class Anonymizer(nn.Module):
     responsible only for what must *change* in the image — the part the ZO step has to find.
     """
 
-    def __init__(self, widths: Sequence[int] = (16, 32, 64, 128), head_hidden: Sequence[int] = (88, 64)):
+    def __init__(
+        self, widths: Sequence[int] = (16, 32, 64, 128), head_hidden: Sequence[int] = (88, 64)
+    ):
         super().__init__()
         self.trunk = UNetTrunk(widths)
         self.head = SeparableHead(self.trunk.out_channels, head_hidden)
@@ -113,6 +116,6 @@ def anonymize_frames(anonymizer: nn.Module, frames: Tensor) -> Tensor:
 
 
 def to_uint8(images: Tensor) -> Tensor:
-    """Float ``... × 3 × H × W`` in [0, 1] to the uint8 ``... × H × W × 3`` pixels a user uploads."""
+    """Float ``... × 3 × H × W`` in [0, 1] → the uint8 ``... × H × W × 3`` pixels a user uploads."""
     out = images.detach().clamp(0, 1).mul(255).round().to(torch.uint8)
     return out.movedim(-3, -1).contiguous()

@@ -18,7 +18,8 @@ class ClipRecognizer(nn.Module):
         self.features = nn.Sequential(
             # a strided stem: limbs are a few pixels wide, motion is coarse; keeps the CPU budget
             nn.Conv3d(3, width, (3, 5, 5), stride=(1, 2, 2), padding=(1, 2, 2)),
-            nn.BatchNorm3d(width), nn.ReLU(inplace=True),
+            nn.BatchNorm3d(width),
+            nn.ReLU(inplace=True),
             *block(width, 2 * width, (2, 2, 2)),
             *block(2 * width, 4 * width, (2, 2, 2)),
             *block(4 * width, 4 * width, (1, 2, 2)),

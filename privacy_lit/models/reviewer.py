@@ -12,7 +12,9 @@ from torchvision import models
 ARCHITECTURES = ("resnet50", "resnet18")
 
 
-def build_reviewer(arch: str = "resnet50", num_attributes: int = 7, weights: str | None = None) -> nn.Module:
+def build_reviewer(
+    arch: str = "resnet50", num_attributes: int = 7, weights: str | None = None
+) -> nn.Module:
     """A multi-label reviewer (train it with ``BCEWithLogitsLoss``)."""
     if arch not in ARCHITECTURES:
         raise ValueError(f"reviewer arch must be one of {ARCHITECTURES}, got {arch!r}")

@@ -3,7 +3,7 @@
 - :mod:`.spsa`: the SPSA estimator (Eq. 7), seeded Rademacher perturbations, gain schedules.
 - :mod:`.history`: the critical-history buffer (Eq. 8, Alg. 1), enhanced gradient (Eq. 9) and
   status indicator (Eq. 10).
-- :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5) and augmented Tchebycheff (Eq. 6, 11).
+- :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5), augmented Tchebycheff (Eq. 6, 11).
 """
 
 from privacy_lit.zo.history import CriticalHistory, CriticalHistoryEstimator, status_indicator
