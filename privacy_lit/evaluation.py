@@ -20,7 +20,7 @@ from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePre
 from tqdm import tqdm
 
 from privacy_lit.mllm.base import BlackBoxMLLM, Request
-from privacy_lit.models.anonymizer import to_uint8
+from privacy_lit.models.anonymizer import anonymize_pixels, to_float
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.utility.retrieval import RetrievalScorer
 
@@ -36,12 +36,8 @@ class Row:
 
 
 def _apply(anonymizer: nn.Module, frames: Tensor, batch: int = 256) -> Tensor:
-    """uint8 ``N × H × W × 3`` → anonymized uint8 pixels, in chunks."""
-    out = []
-    with torch.no_grad():
-        for chunk in frames.split(batch):
-            out.append(to_uint8(anonymizer(chunk.permute(0, 3, 1, 2).float().div(255))))
-    return torch.cat(out)
+    """uint8 ``N × ... × H × W × 3`` → anonymized uint8 pixels, in chunks of ``batch`` samples."""
+    return torch.cat([anonymize_pixels(anonymizer, chunk) for chunk in frames.split(batch)])
 
 
 def _stack(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
@@ -57,7 +53,7 @@ def utility_top1(
     metric = MulticlassAccuracy(len(scorer.class_texts), average="micro")
     mllm.stage = "test"
     for chunk, target in zip(clips.split(batch), actions.split(batch), strict=True):
-        frames = _apply(anonymizer, chunk.flatten(0, 1)).reshape(chunk.shape)
+        frames = anonymize_pixels(anonymizer, chunk)
         answers = mllm.answer([Request(c, prompt) for c in frames])
         metric.update(scorer.predict([a.text for a in answers]), target)
     mllm.stage = "train"
@@ -78,7 +74,7 @@ def fresh_reviewer_cmap(
     reviewer.train()
     for _ in tqdm(range(epochs), desc=f"fresh reviewer {desc}", unit="epoch", leave=False):
         for images, labels in loader:
-            x = images.permute(0, 3, 1, 2).float().div(255)
+            x = to_float(images)
             loss = F.binary_cross_entropy_with_logits(reviewer(x), labels)
             optimizer.zero_grad()
             loss.backward()
@@ -87,7 +83,7 @@ def fresh_reviewer_cmap(
     metric = MultilabelAveragePrecision(test_labels.shape[1], average="macro")
     with torch.no_grad():
         for images, labels in zip(test_images.split(256), test_labels.split(256), strict=True):
-            x = images.permute(0, 3, 1, 2).float().div(255)
+            x = to_float(images)
             metric.update(torch.sigmoid(reviewer(x)), labels.long())
     return float(metric.compute())
 

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Sequence
+from dataclasses import asdict
 from typing import Any
 
 import lightning as L
@@ -26,8 +27,8 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
-from privacy_lit.mllm.base import BlackBoxMLLM, Request
-from privacy_lit.models.anonymizer import Anonymizer, to_uint8
+from privacy_lit.mllm.base import BlackBoxMLLM, QueryStats, Request
+from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.privacy import privacy_loss
 from privacy_lit.utility.retrieval import RetrievalScorer
@@ -162,11 +163,6 @@ class PrivacySystem(L.LightningModule):
         return "adversarial"
 
     # ----------------------------------------------------------------------------- helpers
-    @staticmethod
-    def _images(frames: Tensor) -> Tensor:
-        """uint8 ``N × H × W × 3`` → float ``N × 3 × H × W`` in [0, 1]."""
-        return frames.permute(0, 3, 1, 2).float().div(255)
-
     def _ask(self, clips: list[Tensor]) -> list[str]:
         requests = [Request(clip.cpu(), self.hparams.prompt) for clip in clips]
         return [answer.text for answer in self.mllm.answer(requests)]
@@ -179,7 +175,7 @@ class PrivacySystem(L.LightningModule):
         anonymizer_opt, _ = self.optimizers()
         # every privacy image and one frame per clip: frames of a clip are near-duplicates
         frames = torch.cat([batch["utility"]["clip"][:, 0], batch["privacy"]["image"]])
-        x = self._images(frames)
+        x = to_float(frames)
         loss = F.l1_loss(self.anonymizer(x), x)
         anonymizer_opt.zero_grad()
         self.manual_backward(loss)
@@ -197,7 +193,7 @@ class PrivacySystem(L.LightningModule):
 
     def _reviewer_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
         with torch.no_grad():
-            x_a = self.anonymizer(self._images(batch["privacy"]["image"]))
+            x_a = self.anonymizer(to_float(batch["privacy"]["image"]))
         loss = self._reviewer_update(x_a, batch["privacy"]["attributes"])
         self.log("pretrain/reviewer_bce", loss, prog_bar=True)
 
@@ -207,7 +203,7 @@ class PrivacySystem(L.LightningModule):
         a_k, c_k = self.gains.step_size(k), self.gains.perturbation_size(k)
 
         # 1. privacy loss on x_a = f_A(x; θ) and its white-box gradient h_k
-        images, attributes = self._images(batch["privacy"]["image"]), batch["privacy"]["attributes"]
+        images, attributes = to_float(batch["privacy"]["image"]), batch["privacy"]["attributes"]
         self.reviewer.eval()  # a fixed adversary for this step: no batch-norm statistics updates
         with torch.no_grad():
             image_features = self.anonymizer.trunk(images)
@@ -218,7 +214,7 @@ class PrivacySystem(L.LightningModule):
         clips, actions = batch["utility"]["clip"], batch["utility"]["action"]
         b, t = clips.shape[:2]
         with torch.no_grad():
-            clip_frames = self._images(clips.flatten(0, 1))
+            clip_frames = to_float(clips.flatten(0, 1))
             clip_features = self.anonymizer.trunk(clip_frames)
             delta = rademacher(h.numel(), seed=zlib.crc32(f"{self.hparams.zo_seed}:{k}".encode()))
             anonymized = []
@@ -275,15 +271,13 @@ class PrivacySystem(L.LightningModule):
         utility, privacy = batch.get("utility"), batch.get("privacy")
         with torch.no_grad():
             if utility is not None:
-                clips = utility["clip"]
-                frames = to_uint8(self.anonymizer(self._images(clips.flatten(0, 1))))
-                answers = self._ask(list(frames.reshape(*clips.shape[:2], *frames.shape[1:])))
+                answers = self._ask(list(anonymize_pixels(self.anonymizer, utility["clip"])))
                 self.val_top1.update(
                     self.scorer.predict(answers).to(self.device), utility["action"]
                 )
             if privacy is not None:
                 self.reviewer.eval()
-                logits = self.reviewer(self.anonymizer(self._images(privacy["image"])))
+                logits = self.reviewer(self.anonymizer(to_float(privacy["image"])))
                 self.val_cmap.update(torch.sigmoid(logits), privacy["attributes"].long())
         self.mllm.stage = "train"
 
@@ -312,8 +306,7 @@ class PrivacySystem(L.LightningModule):
     def predict_step(self, batch: dict[str, Any], batch_idx: int) -> Tensor:
         """Anonymized uint8 pixels of the batch's clips (``B × T × H × W × 3``)."""
         clips = batch["utility"]["clip"] if "utility" in batch else batch["clip"]
-        frames = to_uint8(self.anonymizer(self._images(clips.flatten(0, 1))))
-        return frames.reshape(*clips.shape[:2], *frames.shape[1:])
+        return anonymize_pixels(self.anonymizer, clips)
 
     # ----------------------------------------------------------------------------- state
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -321,7 +314,7 @@ class PrivacySystem(L.LightningModule):
             "step": self.zo_step,
             "estimator": self.estimator.state_dict(),
             "scalarizer": self.scalarizer.state_dict(),
-            "mllm_stats": self.mllm.stats.as_dict(),
+            "mllm_stats": asdict(self.mllm.stats),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -331,9 +324,4 @@ class PrivacySystem(L.LightningModule):
         self.zo_step = state["step"]
         self.estimator.load_state_dict(state["estimator"])
         self.scalarizer.load_state_dict(state["scalarizer"])
-        stats = state["mllm_stats"]
-        self.mllm.stats.calls = int(stats["calls"])
-        self.mllm.stats.cache_hits = int(stats["cache_hits"])
-        self.mllm.stats.by_stage = {
-            k.removeprefix("calls_"): int(v) for k, v in stats.items() if k.startswith("calls_")
-        }
+        self.mllm.stats = QueryStats(**state["mllm_stats"])

@@ -52,22 +52,30 @@ class VISPRImages(Dataset):
     def __len__(self) -> int:
         return len(self.annotations)
 
-    def labels(self, index: int) -> torch.Tensor:
+    def _record(self, index: int) -> tuple[Path, dict]:
         path = self.root / self.annotations[index]
         try:
             record = json.loads(path.read_text())
-            labels = record["labels"]
-        except (OSError, ValueError, KeyError) as err:
+        except (OSError, ValueError) as err:
             raise ValueError(f"bad VISPR annotation {path}: {err}") from err
+        missing = {"image_path", "labels"} - set(record)
+        if missing:
+            raise ValueError(f"bad VISPR annotation {path}: missing keys {sorted(missing)}")
+        return path, record
+
+    def _target(self, labels: list[str]) -> torch.Tensor:
         target = torch.zeros(len(self.attributes))
         for label in labels:
             if label in self._index:
                 target[self._index[label]] = 1.0
         return target
 
+    def labels(self, index: int) -> torch.Tensor:
+        """The multi-hot label vector of one sample, without reading its image."""
+        return self._target(self._record(index)[1]["labels"])
+
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        path = self.root / self.annotations[index]
-        record = json.loads(path.read_text())
+        path, record = self._record(index)
         image_path = self.root / record["image_path"]
         image = cv2.imread(str(image_path), cv2.IMREAD_COLOR)
         if image is None:
@@ -77,5 +85,5 @@ class VISPRImages(Dataset):
             image = cv2.resize(image, (self.size, self.size), interpolation=cv2.INTER_AREA)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(image)),
-            "attributes": self.labels(index),
+            "attributes": self._target(record["labels"]),
         }

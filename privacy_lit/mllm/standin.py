@@ -163,11 +163,3 @@ def train_recognizer(
     tmp = checkpoint.with_suffix(".tmp")
     torch.save({"model": model.state_dict(), "classes": classes}, tmp)
     tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written cache
-
-
-def recognizer_accuracy(backend: EmbeddedActionMLLM, clips: Tensor, labels: Tensor) -> float:
-    """White-box top-1 of the stand-in's recognizer (for tests and data checks, not training)."""
-    backend.prepare()
-    assert backend._model is not None
-    with torch.inference_mode():
-        return float((backend._model(clips_to_input(clips)).argmax(-1) == labels).float().mean())

@@ -107,12 +107,17 @@ class Anonymizer(nn.Module):
         return list(self.head.parameters())
 
 
-def anonymize_frames(anonymizer: nn.Module, frames: Tensor) -> Tensor:
-    """Apply an image anonymizer to uint8 ``... × H × W × 3`` frames; returns float in [0, 1]
-    with the same leading shape and channels first (``... × 3 × H × W``)."""
-    lead = frames.shape[:-3]
-    x = frames.reshape(-1, *frames.shape[-3:]).permute(0, 3, 1, 2).float().div(255)
-    return anonymizer(x).reshape(*lead, *x.shape[1:])
+def to_float(frames: Tensor) -> Tensor:
+    """uint8 ``... × H × W × 3`` pixels → float ``... × 3 × H × W`` in [0, 1] (inverse of
+    :func:`to_uint8`)."""
+    return frames.movedim(-1, -3).float().div(255)
+
+
+@torch.no_grad()
+def anonymize_pixels(anonymizer: nn.Module, frames: Tensor) -> Tensor:
+    """uint8 ``... × H × W × 3`` pixels (images or clips) → anonymized uint8 of the same shape."""
+    flat = frames.reshape(-1, *frames.shape[-3:])
+    return to_uint8(anonymizer(to_float(flat))).reshape(frames.shape)
 
 
 def to_uint8(images: Tensor) -> Tensor:
