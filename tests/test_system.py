@@ -15,11 +15,20 @@ from privacy_lit.system import PrivacySystem
 from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 
 
+def _loggers(out: Path) -> str:
+    """The demo's loggers (CSV + offline W&B), writing under ``out``."""
+    return json.dumps([
+        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
+        {"class_path": "lightning.pytorch.loggers.WandbLogger",
+         "init_args": {"save_dir": str(out), "project": "privacy_lit"}},
+    ])  # fmt: skip
+
+
 def _tiny_args(root: Path, out: Path) -> list[str]:
     return [
         "--config", "conf/demo.yaml",
         f"--trainer.default_root_dir={out}",
-        f"--trainer.logger.init_args.save_dir={out}",
+        f"--trainer.logger={_loggers(out)}",
         f"--data.init_args.root={root}",
         f"--data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
         f"--data.init_args.images={json.dumps(TINY_IMAGES)}",
@@ -50,6 +59,22 @@ def test_one_zo_step_changes_only_the_head(tiny_root: Path) -> None:
     assert changed and changed <= head
     assert backend.stats.by_stage["train"] == 2 * 4  # θ ± cΔ for each of the 4 clips
     assert system.zo_step == 1
+
+
+def test_step_bounds_limit_each_objective(tiny_root: Path) -> None:
+    L.seed_everything(0)
+    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
+                               batch_size=4, privacy_batch_size=8)  # fmt: skip
+    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    system = PrivacySystem(backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0,
+                           a=1e4, c=0.5, max_utility_step=1e-3, max_privacy_step=1e-3)  # fmt: skip
+    trainer = L.Trainer(max_steps=3, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, limit_val_batches=0, accelerator="cpu")  # fmt: skip
+    before = torch.cat([p.detach().flatten().clone() for p in system.anonymizer.head.parameters()])
+    trainer.fit(system, datamodule=data)
+    after = torch.cat([p.detach().flatten() for p in system.anonymizer.head.parameters()])
+    # a = 1e4 would move θ by thousands; each of the 3 steps is bounded by 1e-3 (+ σ-term slack)
+    assert 0 < float((after - before).norm()) <= 3 * 1e-3 * (1 + 1e-3)
 
 
 def test_fast_dev_run(tiny_root: Path, tmp_path: Path) -> None:

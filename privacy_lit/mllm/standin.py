@@ -34,6 +34,9 @@ HEDGED = (
     "It is hard to tell; maybe {a}, or perhaps {b}.",
     "The person might be {a} or {b}.",
 )
+STANDIN_VERSION = 2
+"""Bumped whenever the recognizer or its training changes: an older cached checkpoint is retrained."""
+
 UNSURE = ("I am not sure what the person is doing.", "The video is unclear to me.")
 
 
@@ -63,7 +66,7 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
     def prepare(self) -> None:
         if self._model is not None:
             return
-        if not self.checkpoint.is_file():
+        if not self.checkpoint.is_file() or _cached_version(self.checkpoint) != STANDIN_VERSION:
             train_recognizer(
                 self.data_root, self.checkpoint, self.classes, self.train_epochs, self.seed
             )
@@ -102,6 +105,10 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         return Answer(text)
 
 
+def _cached_version(checkpoint: Path) -> int:
+    return int(torch.load(checkpoint, map_location="cpu", weights_only=True).get("version", 1))
+
+
 def clips_to_input(clips: Tensor) -> Tensor:
     """uint8 ``B × T × H × W × 3`` → float ``B × 3 × T × H × W`` in [0, 1]."""
     return clips.permute(0, 4, 1, 2, 3).float().div(255)
@@ -109,8 +116,9 @@ def clips_to_input(clips: Tensor) -> Tensor:
 
 def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     """Appearance augmentations, so the recognizer — like an MLLM — reads actions from motion and
-    shape and is indifferent to colour: random channel order, grey-scale, contrast, brightness,
-    noise and horizontal flips (every synthetic action is left–right symmetric in meaning)."""
+    shape and is indifferent to colour: random channel order, grey-scale, per-channel gain (tints,
+    down to a nearly flat channel), contrast, brightness, noise, uint8 quantization and horizontal
+    flips (every synthetic action is left–right symmetric in meaning)."""
     b = x.shape[0]
 
     def coin(p: float) -> Tensor:
@@ -121,11 +129,15 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
     gray = x.mean(dim=1, keepdim=True).expand_as(x)
     x = torch.where(coin(0.3).view(b, 1, 1, 1, 1), gray, x)
     mean = x.mean(dim=(1, 2, 3, 4), keepdim=True)
-    contrast = 0.5 + torch.rand(b, 1, 1, 1, 1, generator=generator)
+    contrast = 0.15 + 1.2 * torch.rand(b, 1, 1, 1, 1, generator=generator)
     x = (x - mean) * contrast + mean + 0.2 * (torch.rand(b, 1, 1, 1, 1, generator=generator) - 0.5)
-    x = x + 0.03 * torch.randn(x.shape, generator=generator)
+    gain = 0.05 + torch.rand(b, 3, 1, 1, 1, generator=generator)
+    x = torch.where(coin(0.5).view(b, 1, 1, 1, 1), x * gain, x)
+    x = x + 0.03 * torch.rand(b, 1, 1, 1, 1, generator=generator) * torch.randn(
+        x.shape, generator=generator
+    )
     x = torch.where(coin(0.5).view(b, 1, 1, 1, 1), x.flip(-1), x)
-    return x.clamp(0, 1)
+    return x.clamp(0, 1).mul(255).round().div(255)  # what an upload can carry
 
 
 def train_recognizer(
@@ -161,5 +173,5 @@ def train_recognizer(
         bar.set_postfix(loss=f"{loss.item():.3f}")
     checkpoint.parent.mkdir(parents=True, exist_ok=True)
     tmp = checkpoint.with_suffix(".tmp")
-    torch.save({"model": model.state_dict(), "classes": classes}, tmp)
+    torch.save({"model": model.state_dict(), "classes": classes, "version": STANDIN_VERSION}, tmp)
     tmp.replace(checkpoint)  # atomic: a crash never leaves a half-written cache

@@ -29,4 +29,17 @@ class ClipRecognizer(nn.Module):
         self.classifier = nn.Linear(4 * width, num_classes)
 
     def forward(self, clips: Tensor) -> Tensor:
-        return self.classifier(self.features(clips))
+        return self.classifier(self.features(standardize(clips)))
+
+
+def standardize(clips: Tensor, eps: float = 0.02) -> Tensor:
+    """Per clip and channel: zero mean, unit spread over time and space.
+
+    An MLLM's answer to "what is the person doing?" does not change when the whole video is tinted,
+    darkened or washed out; standardizing each channel makes the stand-in equally indifferent to
+    any per-channel brightness and contrast, so it reads actions from shape and motion only.
+    ``eps`` keeps a flat (saturated) channel from amplifying its quantization noise.
+    """
+    mean = clips.mean(dim=(2, 3, 4), keepdim=True)
+    std = clips.std(dim=(2, 3, 4), keepdim=True)
+    return (clips - mean) / (std + eps)
