@@ -62,15 +62,15 @@ class PrivacySystem(L.LightningModule):
         recon_lr, reviewer_lr: Adam learning rates of reconstruction and of the reviewer.
         text_encoder, retrieval_temperature: retrieval scoring of answers (None = all-MiniLM-L6-v2).
         zo_seed: base seed of the perturbations Δ_k (Δ_k is regenerated from (zo_seed, k)).
-        max_utility_step, max_privacy_step: if set, the step each objective proposes (a_k(1+I_k)g̃_k
-            and a_k h_k) is rescaled to at most this L2 norm before Eq. 11 combines them. Not in
-            the paper (None reproduces Eq. 12 exactly). The two gradients are "unbalanced" (Sec.
-            3.3): an SPSA estimate has norm ~√p·|∂L/∂Δ| (here √9067 ≈ 95 times the directional
-            derivative) and points mostly at random, while h_k is an exact gradient. With one a_k
-            for both, a step size that lets h_k move θ makes every utility step a long random jump
-            that destroys utility. Bounding each proposal separately keeps the augmented
-            Tchebycheff switch in charge: when L_MLLM (measured exactly by the black box) rises
-            above its share, the privacy steps pause and small estimated steps take over.
+        max_gradient_norm: if set, each objective's gradient — the estimated (1+I_k)g̃_k and the
+            computed h_k — is clipped to this L2 norm before Eq. 11 combines them; a_k then scales
+            the step as in Eq. 12, so its decay is kept. Not in the paper (None is Eq. 12 exactly).
+            The two gradients are "unbalanced" (Sec. 3.3): an SPSA estimate has norm
+            ~√p·|∂L/∂Δ| (√9067 ≈ 95 times the directional derivative) and points mostly at random,
+            while h_k is exact and grows as the reviewer grows confident. With one a_k for both, a
+            gain that lets h_k move θ turns every utility step into a long random jump. Clipping
+            each keeps the augmented Tchebycheff switch in charge: when L_MLLM (measured exactly
+            by the black box) rises above its share, privacy steps pause.
     """
 
     def __init__(
@@ -106,8 +106,7 @@ class PrivacySystem(L.LightningModule):
         text_encoder: str | None = None,
         retrieval_temperature: float = 0.05,
         zo_seed: int = 0,
-        max_utility_step: float | None = None,
-        max_privacy_step: float | None = None,
+        max_gradient_norm: float | None = None,
     ):
         super().__init__()
         self.save_hyperparameters(ignore=["mllm"])
@@ -234,15 +233,15 @@ class PrivacySystem(L.LightningModule):
         g_hat = spsa_gradient(loss_plus, loss_minus, delta, c_k).to(h)
         loss_utility = 0.5 * (loss_plus + loss_minus)  # L_MLLM(θ_k) without a third query
 
-        # 3.–4. critical history (Alg. 1), then the scalarized step (Eq. 11–12, a_k folded in)
+        # 3.–4. critical history (Alg. 1), then the scalarized direction (Eq. 11)
         direction, indicator = self.estimator.step(g_hat, k)
-        utility_step = _bounded(a_k * (1.0 + indicator) * direction, self.hparams.max_utility_step)
-        privacy_step = _bounded(a_k * h, self.hparams.max_privacy_step)
-        step, branch = self.scalarizer.direction(
-            [loss_utility, loss_privacy.item()], [utility_step, privacy_step]
+        clip = self.hparams.max_gradient_norm
+        grad_at, branch = self.scalarizer.direction(
+            [loss_utility, loss_privacy.item()],
+            [_clipped((1.0 + indicator) * direction, clip), _clipped(h, clip)],
         )
         # 5. θ ← θ − a_k ∇̂L_AT (Eq. 12), then the adversarial reviewer step on the new x_a
-        step = step.to(h)
+        step = a_k * grad_at.to(h)
         with torch.no_grad():
             assign_flat(params, flat_parameters(params) - step)
             x_a = self.anonymizer.decode(images, image_features)
@@ -332,9 +331,9 @@ class PrivacySystem(L.LightningModule):
         self.mllm.stats = QueryStats(**state["mllm_stats"])
 
 
-def _bounded(step: Tensor, max_norm: float | None) -> Tensor:
-    """``step`` rescaled to L2 norm at most ``max_norm`` (unchanged when ``max_norm`` is None)."""
-    norm = float(step.norm())
+def _clipped(gradient: Tensor, max_norm: float | None) -> Tensor:
+    """``gradient`` rescaled to L2 norm at most ``max_norm`` (unchanged when it is None)."""
+    norm = float(gradient.norm())
     if max_norm is None or norm <= max_norm:
-        return step
-    return step * (max_norm / norm)
+        return gradient
+    return gradient * (max_norm / norm)

@@ -57,3 +57,11 @@ def test_retrieval_scoring_recovers_the_class_of_clear_answers() -> None:
     answers = [f"The person seems to be {p}." for p in phrases]
     assert scorer.predict(answers).tolist() == list(range(len(phrases)))
     assert scorer.logits([""]).abs().sum() == 0  # an empty answer favours no class
+
+
+def test_standin_is_indifferent_to_per_channel_tints() -> None:
+    from privacy_lit.models.recognizer import standardize
+
+    clips = torch.rand(2, 3, 4, 8, 8)
+    tint = torch.tensor([0.2, 0.7, 1.3]).view(1, 3, 1, 1, 1)
+    torch.testing.assert_close(standardize(clips * tint + 0.1, eps=0.0), standardize(clips, eps=0.0))

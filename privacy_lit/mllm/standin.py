@@ -35,7 +35,7 @@ HEDGED = (
     "The person might be {a} or {b}.",
 )
 STANDIN_VERSION = 2
-"""Bumped whenever the recognizer or its training changes: an older cached checkpoint is retrained."""
+"""Bumped whenever the recognizer or its training changes: an older cache is retrained."""
 
 UNSURE = ("I am not sure what the person is doing.", "The video is unclear to me.")
 
