@@ -64,4 +64,6 @@ def test_standin_is_indifferent_to_per_channel_tints() -> None:
 
     clips = torch.rand(2, 3, 4, 8, 8)
     tint = torch.tensor([0.2, 0.7, 1.3]).view(1, 3, 1, 1, 1)
-    torch.testing.assert_close(standardize(clips * tint + 0.1, eps=0.0), standardize(clips, eps=0.0))
+    torch.testing.assert_close(
+        standardize(clips * tint + 0.1, eps=0.0), standardize(clips, eps=0.0)
+    )
