@@ -16,7 +16,6 @@ The black box is reached only through :class:`privacy_lit.mllm.BlackBoxMLLM` wit
 
 from __future__ import annotations
 
-import zlib
 from collections.abc import Sequence
 from dataclasses import asdict
 from typing import Any
@@ -37,10 +36,11 @@ from privacy_lit.zo.scalarize import Method, ParetoScalarizer
 from privacy_lit.zo.spsa import (
     GainSchedule,
     assign_flat,
+    averaged_spsa_gradient,
     flat_parameters,
+    perturbation_seed,
     perturbed,
     rademacher,
-    spsa_gradient,
 )
 
 
@@ -62,6 +62,8 @@ class PrivacySystem(L.LightningModule):
         recon_lr, reviewer_lr: Adam learning rates of reconstruction and of the reviewer.
         text_encoder, retrieval_temperature: retrieval scoring of answers (None = all-MiniLM-L6-v2).
         zo_seed: base seed of the perturbations Δ_k (Δ_k is regenerated from (zo_seed, k)).
+        num_perturbations: q, the SPSA estimates averaged per step (2q queries per clip; the
+            paper uses q = 1).
         max_gradient_norm: if set, each objective's gradient — the estimated (1+I_k)g̃_k and the
             computed h_k — is clipped to this L2 norm before Eq. 11 combines them; a_k then scales
             the step as in Eq. 12, so its decay is kept. Not in the paper (None is Eq. 12 exactly).
@@ -106,9 +108,12 @@ class PrivacySystem(L.LightningModule):
         text_encoder: str | None = None,
         retrieval_temperature: float = 0.05,
         zo_seed: int = 0,
+        num_perturbations: int = 1,
         max_gradient_norm: float | None = None,
     ):
         super().__init__()
+        if num_perturbations < 1:
+            raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
         self.save_hyperparameters(ignore=["mllm"])
         self.automatic_optimization = False
         self.mllm = mllm
@@ -215,23 +220,30 @@ class PrivacySystem(L.LightningModule):
         loss_privacy = privacy_loss(self.reviewer(self.anonymizer.decode(images, image_features)))
         h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_privacy, params)])
 
-        # 2. SPSA through the black box: θ ± c_kΔ_k, 2 queries per clip, one backend call
+        # 2. SPSA through the black box: θ ± c_kΔ_k for q perturbations, 2q queries per clip,
+        #    one backend call
         clips, actions = batch["utility"]["clip"], batch["utility"]["action"]
         b, t = clips.shape[:2]
+        deltas = [
+            rademacher(h.numel(), seed=perturbation_seed(self.hparams.zo_seed, k, j))
+            for j in range(self.hparams.num_perturbations)
+        ]
         with torch.no_grad():
             clip_frames = to_float(clips.flatten(0, 1))
             clip_features = self.anonymizer.trunk(clip_frames)
-            delta = rademacher(h.numel(), seed=zlib.crc32(f"{self.hparams.zo_seed}:{k}".encode()))
             anonymized = []
-            for sign in (1.0, -1.0):
-                with perturbed(params, delta.to(h), sign * c_k):
-                    frames = to_uint8(self.anonymizer.decode(clip_frames, clip_features))
-                anonymized += list(frames.reshape(b, t, *frames.shape[1:]))
+            for delta in deltas:
+                for sign in (1.0, -1.0):
+                    with perturbed(params, delta.to(h), sign * c_k):
+                        frames = to_uint8(self.anonymizer.decode(clip_frames, clip_features))
+                    anonymized += list(frames.reshape(b, t, *frames.shape[1:]))
         answers = self._ask(anonymized)
-        loss_plus = float(self.scorer.loss(answers[:b], actions))
-        loss_minus = float(self.scorer.loss(answers[b:], actions))
-        g_hat = spsa_gradient(loss_plus, loss_minus, delta, c_k).to(h)
-        loss_utility = 0.5 * (loss_plus + loss_minus)  # L_MLLM(θ_k) without a third query
+        losses = [
+            float(self.scorer.loss(answers[i : i + b], actions)) for i in range(0, len(answers), b)
+        ]
+        pairs = list(zip(losses[0::2], losses[1::2], strict=True))
+        g_hat = averaged_spsa_gradient(pairs, deltas, c_k).to(h)
+        loss_utility = sum(losses) / len(losses)  # L_MLLM(θ_k) without an extra query
 
         # 3.–4. critical history (Alg. 1), then the scalarized direction (Eq. 11)
         direction, indicator = self.estimator.step(g_hat, k)

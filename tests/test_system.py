@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 
 import lightning as L
+import pytest
 import torch
 
 from privacy_lit.cli import main
@@ -40,14 +41,16 @@ def _tiny_args(root: Path, out: Path) -> list[str]:
     ]  # fmt: skip
 
 
-def test_one_zo_step_changes_only_the_head(tiny_root: Path) -> None:
+@pytest.mark.parametrize("num_perturbations", [1, 2])
+def test_one_zo_step_changes_only_the_head(tiny_root: Path, num_perturbations: int) -> None:
     L.seed_everything(0)
     data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
                                batch_size=4, privacy_batch_size=8)  # fmt: skip
     backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
     system = PrivacySystem(
-        backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, c=0.5
-    )
+        backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, c=0.5,
+        num_perturbations=num_perturbations,
+    )  # fmt: skip
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False,
                         limit_val_batches=0, accelerator="cpu")  # fmt: skip
@@ -57,7 +60,8 @@ def test_one_zo_step_changes_only_the_head(tiny_root: Path) -> None:
     head = {f"head.{k}" for k in system.anonymizer.head.state_dict()}
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and changed <= head
-    assert backend.stats.by_stage["train"] == 2 * 4  # θ ± cΔ for each of the 4 clips
+    # θ ± cΔ_j for each of the 4 clips and each of the q perturbations
+    assert backend.stats.by_stage["train"] == 2 * 4 * num_perturbations
     assert system.zo_step == 1
 
 

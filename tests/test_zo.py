@@ -14,6 +14,8 @@ from privacy_lit.zo import (
     CriticalHistoryEstimator,
     GainSchedule,
     ParetoScalarizer,
+    averaged_spsa_gradient,
+    perturbation_seed,
     perturbed,
     rademacher,
     spsa_gradient,
@@ -50,6 +52,27 @@ def test_spsa_is_unbiased_on_a_quadratic() -> None:
     # SPSA's variance per coordinate is ‖g‖² − g_i²; the mean of 4000 is within a few σ/√n.
     tolerance = 4 * true_grad.norm() / math.sqrt(4000)
     assert (mean - true_grad).abs().max() < tolerance
+
+
+def test_averaging_q_perturbations_divides_the_variance_by_q() -> None:
+    p, c = 50, 0.01
+    true_grad = torch.linspace(-1.0, 1.0, p)
+
+    def estimate(step: int, q: int) -> torch.Tensor:
+        deltas = [rademacher(p, perturbation_seed(0, step, j)) for j in range(q)]
+        # a linear loss: L(θ ± cΔ) − L(θ) = ±c⟨g, Δ⟩ exactly
+        pairs = [(c * float(true_grad @ d), -c * float(true_grad @ d)) for d in deltas]
+        return averaged_spsa_gradient(pairs, deltas, c)
+
+    single = estimate(3, 1)
+    delta = rademacher(p, perturbation_seed(0, 3))
+    assert torch.equal(
+        single, spsa_gradient(c * float(true_grad @ delta), -c * float(true_grad @ delta), delta, c)
+    )
+    variance = {q: torch.stack([estimate(k, q) for k in range(400)]).var(0).sum() for q in (1, 4)}
+    assert 3.0 < float(variance[1] / variance[4]) < 5.5
+    with pytest.raises(ValueError, match="pair per perturbation"):
+        averaged_spsa_gradient([], [], c)
 
 
 def test_perturbed_restores_parameters_exactly() -> None:
@@ -155,3 +178,32 @@ def test_scalarizer_state_round_trips() -> None:
     t = ParetoScalarizer()
     t.load_state_dict(s.state_dict())
     assert torch.equal(s.ideal, t.ideal)
+
+
+def _fonseca_fleming(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two objectives whose Pareto front (x₁ = … = x_n ∈ [−1/√n, 1/√n]) is non-convex."""
+    shift = 1.0 / math.sqrt(x.numel())
+    return 1 - torch.exp(-((x - shift) ** 2).sum()), 1 - torch.exp(-((x + shift) ** 2).sum())
+
+
+@pytest.mark.parametrize("start", [[0.1, 0.1], [-0.2, -0.1], [0.4, -0.3]])
+def test_augmented_tchebycheff_reaches_the_non_convex_part_of_a_front(start: list[float]) -> None:
+    """App. C / Fig. C3: on a non-convex front the weighted sum can only reach its two ends;
+    augmented Tchebycheff with the same λ stops at a Pareto-optimal point in between."""
+
+    def descend(method: str) -> tuple[float, float]:
+        x, scalarizer = torch.tensor(start), ParetoScalarizer((0.5, 0.5), method)
+        for _ in range(2000):
+            x.requires_grad_(True)
+            f1, f2 = _fonseca_fleming(x)
+            g1 = torch.autograd.grad(f1, x, retain_graph=True)[0]
+            g2 = torch.autograd.grad(f2, x)[0]
+            x = x.detach() - 0.05 * scalarizer.direction([f1.item(), f2.item()], [g1, g2])[0]
+        return tuple(float(f) for f in _fonseca_fleming(x))
+
+    ws, at = descend("ws"), descend("at")
+    assert min(ws) < 0.01 and max(ws) > 0.95  # an end of the front
+    assert max(at) < 0.8  # an interior trade-off
+    shift = 1 / math.sqrt(2)
+    front = [_fonseca_fleming(torch.full((2,), t)) for t in torch.linspace(-shift, shift, 401)]
+    assert not any(f1 < at[0] - 0.02 and f2 < at[1] - 0.02 for f1, f2 in front)  # not dominated

@@ -80,7 +80,7 @@ class SyntheticConfig:
         default_factory=lambda: {"train": 32, "test": 12, "unused": 4}
     )
     images: dict[str, int] = field(
-        default_factory=lambda: {"train2017": 1200, "val2017": 200, "test2017": 400}
+        default_factory=lambda: {"train2017": 800, "val2017": 200, "test2017": 400}
     )
 
 

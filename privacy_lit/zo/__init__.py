@@ -1,6 +1,7 @@
 """Zeroth-order optimization in plain PyTorch, usable without Lightning.
 
-- :mod:`.spsa`: the SPSA estimator (Eq. 7), seeded Rademacher perturbations, gain schedules.
+- :mod:`.spsa`: the SPSA estimator (Eq. 7, optionally averaged over q perturbations), seeded
+  Rademacher perturbations, gain schedules.
 - :mod:`.history`: the critical-history buffer (Eq. 8, Alg. 1), enhanced gradient (Eq. 9) and
   status indicator (Eq. 10).
 - :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5), augmented Tchebycheff (Eq. 6, 11).
@@ -8,12 +9,21 @@
 
 from privacy_lit.zo.history import CriticalHistory, CriticalHistoryEstimator, status_indicator
 from privacy_lit.zo.scalarize import ParetoScalarizer
-from privacy_lit.zo.spsa import GainSchedule, perturbed, rademacher, spsa_gradient
+from privacy_lit.zo.spsa import (
+    GainSchedule,
+    averaged_spsa_gradient,
+    perturbation_seed,
+    perturbed,
+    rademacher,
+    spsa_gradient,
+)
 
 __all__ = [
     "CriticalHistory",
     "CriticalHistoryEstimator",
     "GainSchedule",
+    "averaged_spsa_gradient",
+    "perturbation_seed",
     "ParetoScalarizer",
     "perturbed",
     "rademacher",

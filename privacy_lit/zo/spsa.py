@@ -12,6 +12,7 @@ a restart, so nothing but the seed has to be stored or broadcast.
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -55,6 +56,12 @@ def rademacher(numel: int, seed: int, device: torch.device | str = "cpu") -> Ten
     return (signs.to(torch.float32) * 2 - 1).to(device)
 
 
+def perturbation_seed(base: int, step: int, index: int = 0) -> int:
+    """The seed of the ``index``-th perturbation of step ``step``: Δ is never stored, only this."""
+    key = f"{base}:{step}" if index == 0 else f"{base}:{step}:{index}"
+    return zlib.crc32(key.encode())
+
+
 def flat_parameters(params: Sequence[nn.Parameter]) -> Tensor:
     """Concatenated copy of the parameters (θ as one vector)."""
     return torch.cat([p.detach().reshape(-1) for p in params])
@@ -92,3 +99,16 @@ def spsa_gradient(loss_plus: float, loss_minus: float, delta: Tensor, c_k: float
     if not (math.isfinite(loss_plus) and math.isfinite(loss_minus)):
         raise FloatingPointError(f"black-box losses must be finite, got {loss_plus}, {loss_minus}")
     return ((loss_plus - loss_minus) / (2.0 * c_k)) * delta
+
+
+def averaged_spsa_gradient(
+    losses: Sequence[tuple[float, float]], deltas: Sequence[Tensor], c_k: float
+) -> Tensor:
+    """Eq. 7 averaged over q perturbations (q pairs (L⁺, L⁻), 2q queries): the variance of the
+    estimate falls as 1/q while its cost in queries grows as q. With q = 1 this is Eq. 7 exactly."""
+    if len(losses) != len(deltas) or not deltas:
+        raise ValueError(
+            f"need one (L+, L-) pair per perturbation, got {len(losses)}, {len(deltas)}"
+        )
+    estimates = [spsa_gradient(lp, lm, d, c_k) for (lp, lm), d in zip(losses, deltas, strict=True)]
+    return sum(estimates[1:], estimates[0]) / len(estimates)
