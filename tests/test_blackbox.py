@@ -67,3 +67,19 @@ def test_standin_is_indifferent_to_per_channel_tints() -> None:
     torch.testing.assert_close(
         standardize(clips * tint + 0.1, eps=0.0), standardize(clips, eps=0.0)
     )
+
+
+def test_training_the_standin_leaves_the_callers_random_state_alone(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    """A run that trains the stand-in on first use and one that finds it cached must draw the
+    same random numbers afterwards, or the same seed gives different figures."""
+
+    def state_after_prepare() -> torch.Tensor:
+        torch.manual_seed(123)
+        EmbeddedActionMLLM(str(tiny_root), str(tmp_path / "standin.pt"), train_epochs=1).prepare()
+        return torch.get_rng_state()
+
+    trained = state_after_prepare()
+    assert (tmp_path / "standin.pt").is_file()
+    assert torch.equal(state_after_prepare(), trained)  # cached

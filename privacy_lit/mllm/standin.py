@@ -13,7 +13,6 @@ from __future__ import annotations
 import zlib
 from pathlib import Path
 
-import lightning as L
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -143,8 +142,20 @@ def _augment(x: Tensor, generator: torch.Generator) -> Tensor:
 def train_recognizer(
     data_root: Path, checkpoint: Path, classes: list[str], epochs: int, seed: int
 ) -> None:
-    """Train the stand-in once on the raw synthetic training split and save it to ``checkpoint``."""
-    L.seed_everything(seed, verbose=False)
+    """Train the stand-in once on the raw synthetic training split and save it to ``checkpoint``.
+
+    Runs in a forked torch RNG: training it on first use must not move the random state of the
+    run that asked for it, or a run that trains the stand-in and one that finds it cached would
+    initialize and shuffle differently and give different figures for the same seed.
+    """
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        _train_recognizer(data_root, checkpoint, classes, epochs, seed)
+
+
+def _train_recognizer(
+    data_root: Path, checkpoint: Path, classes: list[str], epochs: int, seed: int
+) -> None:
     dataset = HMDB51Clips(
         data_root / "hmdb51", data_root / "testTrainMulti_7030_splits", 1, "train",
         num_frames=8, stride=2, size=None, random_start=True, seed=seed,
