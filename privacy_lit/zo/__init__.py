@@ -4,6 +4,8 @@
   Rademacher perturbations, gain schedules.
 - :mod:`.history`: the critical-history buffer (Eq. 8, Alg. 1), enhanced gradient (Eq. 9) and
   status indicator (Eq. 10).
+- :mod:`.optimizers`: the method and its baselines (SPSA-GC, NES, REINFORCE, CMA-ES) behind one
+  interface, counting black-box evaluations the same way (Tab. 6).
 - :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5), augmented Tchebycheff (Eq. 6, 11).
 """
 
