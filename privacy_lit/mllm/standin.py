@@ -79,6 +79,15 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         model.load_state_dict(state["model"])
         self._model = model.eval().requires_grad_(False)
 
+    @property
+    def recognizer(self) -> ClipRecognizer:
+        """The frozen model behind the answers. Training never touches it (the black box is
+        reached through :meth:`answer` only); ``bench zo`` uses it for the white-box gradient
+        every zeroth-order estimate is measured against."""
+        self.prepare()
+        assert self._model is not None
+        return self._model
+
     @torch.inference_mode()
     def _answer(self, requests: list[Request]) -> list[Answer]:
         self.prepare()
