@@ -141,12 +141,15 @@ class NES(ZerothOrderOptimizer):
         self.lr, self.sigma, self.population = lr, sigma, population
 
     def _step(self, theta: Tensor, objective: Objective) -> Tensor:
-        gradient = torch.zeros_like(theta)
-        for j in range(self.population):
-            eps = _gaussian(theta.numel(), perturbation_seed(self.seed, self.k, j)).to(theta)
-            difference = objective(theta + self.sigma * eps) - objective(theta - self.sigma * eps)
-            gradient += difference * eps
-        self.gradient = gradient / (2 * self.sigma * self.population)
+        samples = [
+            _gaussian(theta.numel(), perturbation_seed(self.seed, self.k, j)).to(theta)
+            for j in range(self.population)
+        ]
+        pairs = [
+            (objective(theta + self.sigma * e), objective(theta - self.sigma * e)) for e in samples
+        ]
+        # antithetic NES is Eq. 7's two-point formula with Gaussian instead of ±1 directions
+        self.gradient = averaged_spsa_gradient(pairs, samples, self.sigma)
         return theta - self.lr * self.gradient
 
 
