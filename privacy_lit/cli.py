@@ -1,13 +1,19 @@
 """``python -m privacy_lit``: a LightningCLI over :class:`PrivacySystem` and any benchmark
 DataModule (subclass mode: ``--data.class_path``), configured by YAML in ``conf/``.
 
-``python -m privacy_lit bench zo`` runs :mod:`privacy_lit.bench.zo` instead.
+Project subcommands that are not a Lightning loop run their own ``main(argv)`` instead:
+
+- ``bench zo``: :mod:`privacy_lit.bench.zo`, every zeroth-order optimizer side by side;
+- ``bench mllm``: :mod:`privacy_lit.bench.mllm`, HTTP backend throughput against a loopback server;
+- ``bench data``: :mod:`privacy_lit.bench.data`, clip loading throughput;
+- ``data check``: :mod:`privacy_lit.data.check`, validates a dataset folder against its config.
 
 Tests call :func:`main` in-process: ``main(["fit", "--config", cfg, "--trainer.fast_dev_run=1"])``.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
 import sys
 
@@ -16,13 +22,30 @@ from lightning.pytorch.cli import LightningCLI
 from privacy_lit.data.joint import PrivacyUtilityDataModule
 from privacy_lit.system import PrivacySystem
 
+SUBCOMMANDS: dict[tuple[str, ...], str] = {
+    ("bench", "zo"): "privacy_lit.bench.zo",
+    ("bench", "mllm"): "privacy_lit.bench.mllm",
+    ("bench", "data"): "privacy_lit.bench.data",
+    ("data", "check"): "privacy_lit.data.check",
+}
+"""Words after ``python -m privacy_lit`` → the module whose ``main(argv)`` runs them."""
+
+
+def _subcommand(argv: list[str]) -> tuple[str, list[str]] | None:
+    for words, module in SUBCOMMANDS.items():
+        if tuple(argv[: len(words)]) == words:
+            return module, argv[len(words) :]
+    return None
+
 
 def main(args: list[str] | None = None) -> LightningCLI | None:
     argv = sys.argv[1:] if args is None else args
-    if argv[:2] == ["bench", "zo"]:
-        from privacy_lit.bench.zo import main as bench_zo
-
-        bench_zo(argv[2:])
+    found = _subcommand(argv)
+    if found is not None:
+        module, rest = found
+        code = importlib.import_module(module).main(rest)
+        if args is None and isinstance(code, int) and code != 0:
+            sys.exit(code)  # a broken dataset folder must fail a shell script
         return None
     # W&B must never need an account: without an API key runs are written offline.
     if not os.environ.get("WANDB_API_KEY"):

@@ -6,8 +6,9 @@ import math
 from pathlib import Path
 
 import pytest
+import torch
 
-from privacy_lit.bench.zo import HeadTask, format_table, run
+from privacy_lit.bench.zo import HeadTask, format_table, peak_step_bytes, queries_to_target, run
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from tests.conftest import TINY_IMAGES, TINY_VIDEOS
@@ -30,10 +31,34 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     assert meta["best_loss"] <= meta["target_loss"] <= meta["start_loss"]
     for row in rows:
         assert math.isfinite(row.final_loss) and 0.0 <= row.final_top1 <= 1.0
-    assert "| white-box |" in format_table(rows, meta)
+    table = format_table(rows, meta)
+    assert "| white-box |" in table and "critical history at m = 10" in table
+    # the buffer holds m = 10 estimates of 9,067 float32 parameters once full (budget 8 = 4 steps)
+    assert meta["history_bytes"] == 4 * 9067 * 4
+    assert 0.0 < meta["history_share_of_step_peak"] < 1.0
+
+
+def test_a_transient_dip_does_not_count_as_reaching_the_target() -> None:
+    curve = [(2, 5.0), (4, 1.0), (6, 5.0), (8, 2.0), (10, 1.5), (12, 1.8)]
+    assert queries_to_target(curve, target=2.0, hold=3) == 8.0
+    assert queries_to_target(curve, target=2.0, hold=1) == 4.0
+    assert queries_to_target(curve, target=0.5) == float("inf")
+
+
+def test_peak_step_bytes_sees_the_largest_live_set() -> None:
+    def step() -> float:
+        a = torch.ones(1000, 1000)  # 4 MB
+        b = a * 2  # 4 MB more while a lives
+        del a
+        c = torch.ones(500, 500)  # 1 MB after a is freed
+        return float(b.sum() + c.sum())
+
+    assert 8_000_000 <= peak_step_bytes(step) < 8_000_100  # + the scalars of the sums
 
 
 def test_the_white_box_gradient_flows_into_the_head(task_factory) -> None:
+    state = torch.random.get_rng_state()
     task = task_factory(0)
+    assert torch.equal(torch.random.get_rng_state(), state)  # building a task leaves it alone
     gradient = task.true_gradient(task.start)
     assert gradient.shape == task.start.shape and float(gradient.norm()) > 0
