@@ -28,7 +28,7 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
         "CMA-ES (separable)",
     ]  # fmt: skip
     assert meta["parameters"] == 9067 and meta["budget"] == 8 and meta["clips"] == 2
-    assert meta["best_loss"] <= meta["target_loss"] <= meta["start_loss"]
+    assert meta["best_loss"] <= meta["target_loss"] <= meta["half_loss"] <= meta["start_loss"]
     for row in rows:
         assert math.isfinite(row.final_loss) and 0.0 <= row.final_top1 <= 1.0
     table = format_table(rows, meta)

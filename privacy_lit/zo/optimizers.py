@@ -84,6 +84,7 @@ class SPSA(ZerothOrderOptimizer):
         self.gains = gains or GainSchedule()
         self.history, self.num_perturbations = history, num_perturbations
         self.indicator = 0.0
+        self.estimate_: Tensor | None = None
 
     def estimate(self, theta: Tensor, objective: Objective) -> Tensor:
         """ĝ_k at ``theta`` (Eq. 7, averaged over q perturbations)."""
@@ -100,7 +101,7 @@ class SPSA(ZerothOrderOptimizer):
         direction, self.indicator = (
             (g_hat, 0.0) if self.history is None else self.history.step(g_hat, self.k)
         )
-        self.gradient = direction
+        self.estimate_, self.gradient = g_hat, direction  # the raw ĝ_k and the followed g̃_k
         return theta - self.gains.step_size(self.k) * (1.0 + self.indicator) * direction
 
 
