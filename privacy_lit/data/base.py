@@ -1,0 +1,208 @@
+"""The shared base of the per-dataset modules, the batch collation and the ``data check`` report.
+
+A :class:`DatasetModule` is one benchmark dataset in its distributed layout. It may offer
+*utility* samples (clips with actions, or images with questions) and/or *privacy* samples (images
+with multi-hot attribute labels), each for ``"train"``, ``"val"`` and ``"test"``. A paper setting
+pairs two of them in :class:`privacy_lit.data.joint.JointDataModule`; a module also works on its
+own as a LightningDataModule over its main role (e.g. to train a reviewer on VISPR).
+
+Paths: ``root`` (and any other path argument) is relative to ``data_dir`` (``data/`` unless the
+joint module's ``root`` says otherwise) unless it is absolute.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import lightning as L
+import torch
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+Role = Literal["utility", "privacy"]
+STAGES = ("train", "val", "test")
+
+
+def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Tensors are stacked; anything else (questions, answer lists, names) stays a list."""
+    batch: dict[str, Any] = {}
+    for key in samples[0]:
+        values = [s[key] for s in samples]
+        batch[key] = default_collate(values) if isinstance(values[0], torch.Tensor) else values
+    return batch
+
+
+def check_stage(stage: str) -> str:
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    return stage
+
+
+def readable(name: str) -> str:
+    """A class folder name as words: ``brush_hair`` → ``brush hair``,
+    ``ApplyEyeMakeup`` → ``apply eye makeup`` (what the retrieval scoring embeds)."""
+    spaced = re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", " ", name)
+    return " ".join(spaced.replace("_", " ").lower().split())
+
+
+@dataclass
+class CheckReport:
+    """Findings of ``data check``: errors make the folder unusable, warnings only deserve a look
+    (e.g. a subset whose counts differ from the official ones)."""
+
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+    def error(self, where: str | Path, what: str) -> None:
+        self.errors.append(f"{where}: {what}")
+
+    def warn(self, where: str | Path, what: str) -> None:
+        self.warnings.append(f"{where}: {what}")
+
+    def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    def count(self, where: str, found: int, official: int | None) -> None:
+        """Record a split size; empty is an error, a mismatch with the official size a warning."""
+        if found == 0:
+            self.error(where, "empty: no samples")
+        elif official is not None and found != official:
+            self.warn(where, f"{found} samples, the official release has {official}")
+        else:
+            self.note(f"{where}: {found} samples" + (" (official)" if official else ""))
+
+    @property
+    def failed(self) -> bool:
+        return bool(self.errors)
+
+    def render(self, max_lines: int = 200) -> str:
+        lines = [f"  ok    {n}" for n in self.notes]
+        lines += [f"  WARN  {w}" for w in self.warnings[:max_lines]]
+        if len(self.warnings) > max_lines:
+            lines.append(f"  WARN  ... and {len(self.warnings) - max_lines} more warnings")
+        lines += [f"  ERROR {e}" for e in self.errors[:max_lines]]
+        if len(self.errors) > max_lines:
+            lines.append(f"  ERROR ... and {len(self.errors) - max_lines} more errors")
+        verdict = "BROKEN" if self.failed else "OK"
+        lines.append(f"{verdict}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        return "\n".join(lines)
+
+
+class DatasetModule(L.LightningDataModule):
+    """One dataset in its distributed layout (see the module docstring).
+
+    Subclasses implement :meth:`utility_dataset` and/or :meth:`privacy_dataset`, the names of
+    their labels, and :meth:`check`. Datasets are built on first use and cached per stage.
+    """
+
+    roles: ClassVar[tuple[Role, ...]] = ()
+    task: ClassVar[str] = "action"  # the utility task: "action" (clips) or "vqa" (questions)
+
+    def __init__(
+        self,
+        root: str,
+        data_dir: str = "data",
+        batch_size: int = 16,
+        num_workers: int = 0,
+    ):
+        super().__init__()
+        self.root_arg, self.data_dir = root, data_dir
+        self.batch_size, self.num_workers = batch_size, num_workers
+        self._datasets: dict[tuple[str, str], Dataset] = {}
+
+    # ---------------------------------------------------------------- paths
+    def path(self, value: str | Path) -> Path:
+        value = Path(value)
+        return value if value.is_absolute() else Path(self.data_dir) / value
+
+    @property
+    def root(self) -> Path:
+        return self.path(self.root_arg)
+
+    def set_data_dir(self, data_dir: str | Path) -> None:
+        """Resolve relative paths against ``data_dir`` from now on (drops cached datasets)."""
+        self.data_dir = str(data_dir)
+        self._datasets.clear()
+
+    @property
+    def name(self) -> str:
+        return f"{type(self).__name__} ({self.root})"
+
+    # ---------------------------------------------------------------- datasets
+    def _cached(self, role: Role, stage: str, build) -> Dataset:
+        key = (role, check_stage(stage))
+        if key not in self._datasets:
+            self._datasets[key] = build()
+        return self._datasets[key]
+
+    def utility_dataset(self, stage: str) -> Dataset:
+        """Utility samples: ``{"clip", "action", ...}`` or ``{"image", "question", ...}``."""
+        raise NotImplementedError(f"{self.name} has no utility samples (it is a privacy dataset)")
+
+    def privacy_dataset(self, stage: str) -> Dataset:
+        """Privacy samples for ``stage``: ``{"image": uint8 H×W×3, "attributes": float A}``."""
+        raise NotImplementedError(f"{self.name} has no privacy labels")
+
+    @property
+    def class_names(self) -> list[str]:
+        """Utility class names in label order (empty for open-ended VQA)."""
+        return []
+
+    @property
+    def attribute_names(self) -> list[str]:
+        """Privacy attribute names in label order (empty without privacy labels)."""
+        return []
+
+    def check(self, report: CheckReport, decode: int | None = None) -> None:
+        """Validate the folder into ``report``; decode at most ``decode`` files (None = all)."""
+        raise NotImplementedError
+
+    # ---------------------------------------------------------------- loaders (standalone use)
+    def _main_dataset(self, stage: str) -> Dataset:
+        role = self.roles[0]
+        return self.utility_dataset(stage) if role == "utility" else self.privacy_dataset(stage)
+
+    def _loader(self, stage: str) -> DataLoader:
+        return DataLoader(
+            self._main_dataset(stage),
+            batch_size=self.batch_size,
+            shuffle=stage == "train",
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+def decode_budget(decode: int | None, done: int) -> bool:
+    """Whether another file may be decoded under a ``decode`` limit (None = no limit)."""
+    return decode is None or done < decode
+
+
+def check_videos(files: Sequence[Path], report: CheckReport, decode: int | None) -> None:
+    """Decode-check videos (at most ``decode`` of them), reporting each bad file."""
+    from tqdm import tqdm
+
+    from privacy_lit.data.video import check_video
+
+    todo = list(files) if decode is None else list(files)[:decode]
+    for file in tqdm(
+        todo, desc="decoding videos", unit="video", leave=False, disable=len(todo) < 50
+    ):
+        problem = check_video(file)
+        if problem:
+            report.error(file, problem)
+    if len(todo) < len(files):
+        report.note(f"decoded {len(todo)} of {len(files)} videos (--decode limit)")
