@@ -8,7 +8,7 @@ nothing a backend does can send a gradient back into the anonymizer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
@@ -62,6 +62,29 @@ class QueryStats:
         }
 
 
+class BatchError(RuntimeError):
+    """Some requests of a batch failed for good (after any retries); the others were answered.
+
+    Raised by :meth:`BlackBoxMLLM._answer` instead of a bare error so that what *was* answered —
+    and, on a paid API, billed — is still counted, and can still be cached by a wrapper.
+
+    Args:
+        failures: request index (in the batch passed to ``answer``) → why it failed.
+        answers: one entry per request of the batch: its answer, or None where it failed.
+    """
+
+    def __init__(self, failures: Mapping[int, str], answers: Sequence[Answer | None]):
+        self.failures = dict(sorted(failures.items()))
+        self.answers = list(answers)
+        shown = [f"request {i}: {why}" for i, why in list(self.failures.items())[:5]]
+        more = len(self.failures) - len(shown)
+        super().__init__(
+            f"{len(self.failures)} of {len(self.answers)} requests failed: "
+            + "; ".join(shown)
+            + (f"; and {more} more" if more > 0 else "")
+        )
+
+
 class BlackBoxMLLM(ABC):
     """Base class of every backend: subclasses implement :meth:`_answer`, this class counts."""
 
@@ -72,18 +95,42 @@ class BlackBoxMLLM(ABC):
     def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Load weights or open connections; called once before the first query."""
 
+    def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
+        """Release connections or threads; the backend may be prepared and used again later."""
+
+    def cache_identity(self) -> dict[str, object]:
+        """Everything besides the request that decides the answer (model, generation settings,
+        how pixels are encoded): part of a response-cache key, so that changing any of it
+        misses the cache instead of returning an answer to a different question.
+
+        Backends whose answers depend on settings must override this and include them."""
+        return {"backend": f"{type(self).__module__}.{type(self).__qualname__}"}
+
     def answer(self, requests: Sequence[Request]) -> list[Answer]:
-        """Answer a batch of requests; every request counts as one query."""
+        """Answer a batch of requests; every answered request counts as one query.
+
+        A :class:`BatchError` from the backend is re-raised after counting the requests that were
+        answered, since those were sent (and billed)."""
         if not requests:
             return []
-        answers = self._answer(list(requests))
+        try:
+            answers = self._answer(list(requests))
+        except BatchError as error:
+            self.count_calls(sum(a is not None for a in error.answers))
+            raise
         if len(answers) != len(requests):
             raise RuntimeError(
                 f"backend returned {len(answers)} answers for {len(requests)} requests"
             )
-        self.stats.calls += len(requests)
-        self.stats.by_stage[self.stage] = self.stats.by_stage.get(self.stage, 0) + len(requests)
+        self.count_calls(len(requests))
         return answers
+
+    def count_calls(self, n: int) -> None:
+        """Record ``n`` queries that reached the model, in total and for the current stage."""
+        if n == 0:
+            return
+        self.stats.calls += n
+        self.stats.by_stage[self.stage] = self.stats.by_stage.get(self.stage, 0) + n
 
     @abstractmethod
     def _answer(self, requests: list[Request]) -> list[Answer]:

@@ -1,0 +1,147 @@
+"""``python -m privacy_lit bench mllm``: what concurrency buys against a black box that takes
+time to answer, and what the framework itself costs per query.
+
+A loopback chat-completions server (:mod:`privacy_lit.mllm.loopback`, in a child process like a
+real server) answers after an injected latency (a model's time to answer). The same requests,
+synthetic clips like the demo's, go through :class:`~privacy_lit.mllm.openai_backend.
+OpenAIChatMLLM` over real HTTP, once one at a time and once ``--concurrency`` at a time.
+
+Reported: throughput of both, their ratio, and the overhead per query: sequential wall time per
+query minus the injected latency. It holds the encoding, the HTTP client, the event-loop hand-off
+and the loopback server's own parsing (an upper bound on the framework's share), also given as a
+% of the latency. On a busy machine that figure also holds time spent waiting for a core, so the
+client's CPU time per query (this process only) is reported beside it: it bounds the concurrent
+throughput (≈ 1 / CPU time per query once the latency is hidden) whatever the load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from privacy_lit.mllm.base import Request
+from privacy_lit.mllm.loopback import LoopbackProcess, LoopbackServer
+from privacy_lit.mllm.openai_backend import OpenAIChatMLLM
+
+
+def _requests(n: int, frames: int, size: int, seed: int) -> list[Request]:
+    generator = torch.Generator().manual_seed(seed)
+    shape = (frames, size, size, 3)
+    return [
+        Request(torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator), f"q{i}")
+        for i in range(n)
+    ]
+
+
+def _timed_run(base_url: str, requests: list[Request], concurrency: int) -> tuple[float, float]:
+    """Wall and CPU seconds of this process to answer ``requests``, after a warm-up query
+    opened the connection."""
+    backend = OpenAIChatMLLM(
+        model="loopback", base_url=base_url, concurrency=concurrency, num_frames=8
+    )
+    with backend:
+        backend.answer(requests[:1])  # warm-up: thread, client, connection
+        start, cpu = time.perf_counter(), time.process_time()
+        answers = backend.answer(requests)
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+    echoed = [a.text.split(" | ")[0].rsplit("\n", 1)[-1] for a in answers]
+    if echoed != [r.prompt for r in requests]:  # the loopback server echoes the prompt
+        raise RuntimeError("answers came back out of order")
+    return seconds, cpu
+
+
+def run(
+    requests: int,
+    latency_ms: float,
+    concurrency: int,
+    frames: int = 8,
+    size: int = 64,
+    in_process: bool = False,
+) -> dict[str, Any]:
+    batch = _requests(requests, frames, size, seed=0)
+    server = (
+        LoopbackServer(latency_s=latency_ms / 1000)
+        if in_process
+        else LoopbackProcess(latency_s=latency_ms / 1000)
+    )
+    with server:
+        sequential, cpu = _timed_run(server.base_url, batch, 1)
+        concurrent, _ = _timed_run(server.base_url, batch, concurrency)
+        answered = server.counters()["answered"]
+    overhead_ms = 1000 * sequential / requests - latency_ms
+    cpu_ms = 1000 * cpu / requests
+    return {
+        "requests": requests,
+        "latency_ms": latency_ms,
+        "concurrency": concurrency,
+        "frames": frames,
+        "size": size,
+        "sequential_s": sequential,
+        "concurrent_s": concurrent,
+        "sequential_rps": requests / sequential,
+        "concurrent_rps": requests / concurrent,
+        "speedup": sequential / concurrent,
+        "overhead_ms_per_query": overhead_ms,
+        "overhead_pct_of_latency": 100 * overhead_ms / latency_ms if latency_ms else None,
+        "client_cpu_ms_per_query": cpu_ms,
+        "client_cpu_pct_of_latency": 100 * cpu_ms / latency_ms if latency_ms else None,
+        "server_answered": answered,
+        "server": "in-process thread" if in_process else "child process",
+    }
+
+
+def _pct(value: float | None) -> str:
+    return "" if value is None else f" ({value:.1f} % of the latency)"
+
+
+def format_table(result: dict[str, Any]) -> str:
+    return "\n".join(
+        [
+            f"bench mllm: {result['requests']} requests of {result['frames']}×{result['size']}²"
+            f" frames, {result['latency_ms']:g} ms server latency, loopback HTTP"
+            f" (server: {result['server']})",
+            "",
+            "| mode | concurrency | wall (s) | throughput (req/s) |",
+            "| --- | --- | --- | --- |",
+            f"| sequential | 1 | {result['sequential_s']:.3f} | {result['sequential_rps']:.1f} |",
+            f"| concurrent | {result['concurrency']} | {result['concurrent_s']:.3f} | "
+            f"{result['concurrent_rps']:.1f} |",
+            "",
+            f"speedup: {result['speedup']:.1f}× (target ≥ 10×)",
+            f"overhead per query (sequential wall time − latency): "
+            f"{result['overhead_ms_per_query']:.2f} ms{_pct(result['overhead_pct_of_latency'])}",
+            f"client CPU time per query (encoding, HTTP, parsing; load-independent): "
+            f"{result['client_cpu_ms_per_query']:.2f} ms"
+            f"{_pct(result['client_cpu_pct_of_latency'])}",
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(prog="python -m privacy_lit bench mllm", description=__doc__)
+    parser.add_argument("--requests", type=int, default=128, help="requests per mode")
+    parser.add_argument("--latency-ms", type=float, default=50.0, help="server latency")
+    parser.add_argument("--concurrency", type=int, default=16, help="requests in flight")
+    parser.add_argument("--frames", type=int, default=8, help="frames per clip")
+    parser.add_argument("--size", type=int, default=64, help="frame side in pixels")
+    parser.add_argument(
+        "--in-process", action="store_true",
+        help="run the server as a thread of this process (its CPU time then counts as overhead)",
+    )  # fmt: skip
+    parser.add_argument("--json", type=Path, default=None, help="also write the figures here")
+    args = parser.parse_args(argv)
+    if args.requests < 1 or args.concurrency < 1:
+        parser.error("--requests and --concurrency must be >= 1")
+    result = run(
+        args.requests, args.latency_ms, args.concurrency, args.frames, args.size, args.in_process
+    )
+    print(format_table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+    return result

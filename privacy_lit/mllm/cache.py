@@ -1,0 +1,208 @@
+"""An on-disk response cache in front of any backend: the same question is never paid twice.
+
+A rerun of an evaluation, a resumed run, or a step that asks about pixels already asked about
+(deterministic generation returns the same answer) is served from disk. A hit is not a call: it
+counts in ``stats.cache_hits`` and costs nothing.
+
+The key is a SHA-256 of the backend's :meth:`~privacy_lit.mllm.base.BlackBoxMLLM.cache_identity`
+(model, generation settings, pixel encoding), the prompt, and the exact pixel bytes with their
+dtype and shape. One JSON file per entry (``<dir>/<key[:2]>/<key>.json``), written to a temporary
+file in the same folder and moved into place with ``os.replace``: a crash leaves either the old
+state or the complete entry, never half of one, and concurrent writers (several runs, DDP ranks)
+never see each other's partial files. An entry that is unreadable anyway (a disk error, an edited
+file) is treated as a miss and rewritten.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from privacy_lit.mllm.base import Answer, BatchError, BlackBoxMLLM, QueryStats, Request
+
+CACHE_FORMAT = 1
+"""Part of every key: bump it when the key or entry layout changes, so old entries miss."""
+
+log = logging.getLogger(__name__)
+
+
+class ResponseCache:
+    """Answers on disk by key. Thread- and process-safe for readers and writers.
+
+    Args:
+        directory: where entries live (created on first write).
+        fsync: flush each entry to the disk before it replaces anything, so a power cut cannot
+            leave an empty entry behind (an unreadable one would only be a miss; this saves
+            paying for it again).
+    """
+
+    def __init__(self, directory: str | Path, fsync: bool = True):
+        self.directory = Path(directory)
+        self.fsync = fsync
+
+    @staticmethod
+    def key(identity: Mapping[str, object], request: Request) -> str:
+        """SHA-256 of (format, backend identity, prompt, pixel dtype, shape and bytes)."""
+        pixels = np.ascontiguousarray(request.visual.detach().cpu().numpy())
+        digest = hashlib.sha256()
+        header = {
+            "format": CACHE_FORMAT,
+            "identity": identity,
+            "prompt": request.prompt,
+            "dtype": str(pixels.dtype),
+            "shape": list(pixels.shape),
+        }
+        digest.update(json.dumps(header, sort_keys=True, default=repr).encode())
+        digest.update(b"\0")
+        digest.update(memoryview(pixels).cast("B"))
+        return digest.hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.directory / key[:2] / f"{key}.json"
+
+    def get(self, key: str) -> Answer | None:
+        """The stored answer, or None (missing or unreadable: both mean ask again)."""
+        path = self.path(key)
+        try:
+            entry = json.loads(path.read_text(encoding="utf-8"))
+            if entry["key"] != key:
+                raise ValueError(f"entry holds key {entry['key']}")
+            return Answer(str(entry["text"]), entry.get("option_scores"))
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.warning("ignoring unreadable cache entry %s (%s): asking again", path, error)
+            return None
+
+    def put(self, key: str, answer: Answer, meta: Mapping[str, Any] | None = None) -> None:
+        """Store ``answer`` atomically: a temporary file in the entry's folder, then a rename."""
+        path = self.path(key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        entry = {
+            "key": key,
+            "text": answer.text,
+            "option_scores": answer.option_scores,
+            "created": time.time(),
+            **(meta or {}),
+        }
+        # dot-prefixed and ``.tmp``: never mistaken for an entry, and unique per writer
+        fd, tmp = tempfile.mkstemp(prefix=f".{key[:16]}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as file:
+                json.dump(entry, file, default=repr)
+                file.flush()
+                if self.fsync:
+                    os.fsync(file.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self.directory.glob("??/*.json"))
+
+    def sweep(self, older_than_s: float = 3600.0) -> int:
+        """Delete temporary files left by writers that crashed; returns how many. Recent ones
+        may belong to a writer still running, so only those older than ``older_than_s`` go."""
+        cutoff = time.time() - older_than_s
+        removed = 0
+        for tmp in self.directory.glob("??/.*.tmp"):
+            try:
+                if tmp.stat().st_mtime < cutoff:
+                    tmp.unlink()
+                    removed += 1
+            except FileNotFoundError:
+                pass
+        return removed
+
+
+class CachedMLLM(BlackBoxMLLM):
+    """Any backend behind a :class:`ResponseCache`.
+
+    Only misses reach ``backend`` (and count as its calls); hits and repeats of a request within
+    one batch count as ``cache_hits``. ``stats`` and ``stage`` are the backend's own, so code that
+    reads, resets or restores them (callbacks, checkpoints) sees one set of numbers.
+
+    Args:
+        backend: the black box to answer misses.
+        directory: the cache's folder; share it between runs of the same model to reuse answers.
+        fsync: see :class:`ResponseCache`.
+    """
+
+    def __init__(self, backend: BlackBoxMLLM, directory: str = ".cache/mllm", fsync: bool = True):
+        # no super().__init__(): stats and stage live on the backend
+        self.backend = backend
+        self.cache = ResponseCache(directory, fsync)
+
+    @property
+    def stats(self) -> QueryStats:  # type: ignore[override]
+        return self.backend.stats
+
+    @stats.setter
+    def stats(self, value: QueryStats) -> None:
+        self.backend.stats = value
+
+    @property
+    def stage(self) -> str:  # type: ignore[override]
+        return self.backend.stage
+
+    @stage.setter
+    def stage(self, value: str) -> None:
+        self.backend.stage = value
+
+    def prepare(self) -> None:
+        self.backend.prepare()
+
+    def close(self) -> None:
+        self.backend.close()
+
+    def cache_identity(self) -> dict[str, object]:
+        return self.backend.cache_identity()
+
+    def answer(self, requests: Sequence[Request]) -> list[Answer]:
+        if not requests:
+            return []
+        identity = self.backend.cache_identity()
+        keys = [self.cache.key(identity, r) for r in requests]
+        answers: list[Answer | None] = [None] * len(requests)
+        first: dict[str, int] = {}  # key → index of its first request that must be sent
+        for i, key in enumerate(keys):
+            if key in first:
+                continue
+            answers[i] = self.cache.get(key)
+            if answers[i] is None:
+                first[key] = i
+        misses = list(first.values())
+        failures: dict[int, str] = {}
+        try:
+            fresh: Sequence[Answer | None] = self.backend.answer([requests[i] for i in misses])
+        except BatchError as error:
+            fresh = error.answers
+            failures = {misses[j]: why for j, why in error.failures.items()}
+        for i, answer in zip(misses, fresh, strict=True):
+            if answer is not None:
+                meta = {"prompt": requests[i].prompt, "identity": identity}
+                self.cache.put(keys[i], answer, meta)
+                answers[i] = answer
+        for i, key in enumerate(keys):  # repeats within the batch share their first's answer
+            if answers[i] is None and key in first and first[key] != i:
+                answers[i] = answers[first[key]]
+                if answers[i] is None:
+                    failures[i] = f"same request as {first[key]}, which failed"
+        sent = set(misses)
+        self.stats.cache_hits += sum(a is not None for i, a in enumerate(answers) if i not in sent)
+        if failures:
+            raise BatchError(failures, answers)
+        return [a for a in answers if a is not None]
+
+    def _answer(self, requests: list[Request]) -> list[Answer]:
+        return self.backend.answer(requests)  # unused: answer() above does the counting
