@@ -128,6 +128,11 @@ class PrivacySystem(L.LightningModule):
             (lambda_utility, lambda_privacy), scalarization, eps_ratio, sigma
         )
         self.zo_step = 0
+        # The utility gradient estimates of the latest ZO step, for monitoring only (Fig. A1,
+        # :class:`privacy_lit.callbacks.GradientVarianceMonitor`): the raw SPSA ĝ_k and the
+        # direction the step followed (g̃_k, or ĝ_k for plain SPSA), before (1 + I_k) and clipping.
+        self.last_raw_gradient_estimate: Tensor | None = None
+        self.last_gradient_estimate: Tensor | None = None
         self.scorer: RetrievalScorer | None = None
         self.val_top1: MulticlassAccuracy | None = None
         self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
@@ -259,21 +264,32 @@ class PrivacySystem(L.LightningModule):
             x_a = self.anonymizer.decode(images, image_features)
         loss_reviewer = self._reviewer_update(x_a, attributes)
         self.zo_step += 1
+        self.last_raw_gradient_estimate = g_hat.detach()
+        self.last_gradient_estimate = direction.detach()
 
+        objectives = [loss_utility, loss_privacy.item()]
+        deviations = self.scalarizer.deviations(objectives)  # read-only: z* is already updated
         self.log_dict(
             {
                 "train/utility_loss": loss_utility,
                 "train/privacy_loss": loss_privacy.item(),
                 "train/reviewer_bce": loss_reviewer.item(),
+                "train/scalarized_loss": self.scalarizer.value(objectives),
+                "zo/step": float(k),
                 "zo/branch": float(branch),
+                "zo/deviation_utility": float(deviations[0]),
+                "zo/deviation_privacy": float(deviations[1]),
                 "zo/indicator": indicator,
                 "zo/a_k": a_k,
                 "zo/c_k": c_k,
                 "zo/z_utility": float(self.scalarizer.ideal[0]),
                 "zo/z_privacy": float(self.scalarizer.ideal[1]),
+                "zo/a_k_adjusted": a_k * (1.0 + indicator),  # a'_k of Eq. 10
                 "zo/g_hat_norm": float(g_hat.norm()),
+                "zo/direction_norm": float(direction.norm()),
                 "zo/h_norm": float(h.norm()),
                 "zo/step_norm": float(step.norm()),
+                "zo/history_length": float(len(self.estimator.history)),
                 "mllm/calls": float(self.mllm.stats.calls),
             }
         )

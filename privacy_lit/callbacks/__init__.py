@@ -1,5 +1,14 @@
 """Lightning callbacks of the project."""
 
+from privacy_lit.callbacks.budget import QueryBudget
+from privacy_lit.callbacks.media import SampleGridLogger
+from privacy_lit.callbacks.monitors import GradientVarianceMonitor, MLLMUsageMonitor
 from privacy_lit.callbacks.report import PrivacyUtilityReport
 
-__all__ = ["PrivacyUtilityReport"]
+__all__ = [
+    "GradientVarianceMonitor",
+    "MLLMUsageMonitor",
+    "PrivacyUtilityReport",
+    "QueryBudget",
+    "SampleGridLogger",
+]

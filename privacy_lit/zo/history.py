@@ -133,8 +133,8 @@ class CriticalHistoryEstimator:
     ):
         if not 0.0 <= gamma <= 1.0:
             raise ValueError(f"gamma must lie in [0, 1], got {gamma}")
-        if not 0.0 <= b < 2.0:
-            raise ValueError(f"b must lie in [0, 2), got {b}")
+        if not 0.0 <= b <= 2.0:  # b = 2 (Tab. A3) keeps a'_k = (1 + I_k)a_k in (0, 2a_k)
+            raise ValueError(f"b must lie in [0, 2], got {b}")
         self.gamma = gamma
         self.b = b
         self.use_history = use_history

@@ -1,0 +1,142 @@
+"""The anonymize CLI: a checkpoint's anonymizer on images, videos and folders, with clear errors."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import decord
+import numpy as np
+import pytest
+import torch
+
+from privacy_lit.anonymize import benchmark, collect_jobs, load_anonymizer, main
+from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
+
+FPS, FRAMES = 12.5, 20
+
+
+@pytest.fixture(scope="module")
+def model() -> Anonymizer:
+    """A small anonymizer whose head is not the identity (its last layer starts at zero)."""
+    torch.manual_seed(0)
+    model = Anonymizer((4, 8), (8,))
+    with torch.no_grad():
+        for p in model.head.parameters():
+            p.copy_(torch.randn_like(p) * 0.3)
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def ckpt(model: Anonymizer, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What Lightning saves for a PrivacySystem: the anonymizer among other weights and state."""
+    state = {f"anonymizer.{k}": v for k, v in model.state_dict().items()}
+    state["reviewer.fc.weight"] = torch.zeros(7, 8)
+    path = tmp_path_factory.mktemp("ckpt") / "last.ckpt"
+    torch.save({
+        "epoch": 3, "global_step": 40, "state_dict": state,
+        "hyper_parameters": {"anonymizer_widths": [4, 8], "head_hidden": [8], "gamma": 0.5},
+        "zo": {"step": 4, "mllm_stats": {"calls": 64}}, "optimizer_states": [],
+    }, path)  # fmt: skip
+    return path
+
+
+def _image(path: Path, h: int = 40, w: int = 56, seed: int = 0) -> np.ndarray:
+    rgb = np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    assert cv2.imwrite(str(path), rgb[..., ::-1])
+    return rgb
+
+
+def _video(path: Path, fourcc: str = "MJPG", frames: int = FRAMES) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*fourcc), FPS, (64, 48))
+    assert writer.isOpened()
+    for i in range(frames):
+        writer.write(np.full((48, 64, 3), 10 * i, np.uint8))
+    writer.release()
+
+
+def test_loads_the_anonymizer_and_nothing_else(ckpt: Path, model: Anonymizer) -> None:
+    loaded = load_anonymizer(ckpt)
+    x = torch.rand(2, 3, 24, 32)
+    assert torch.equal(loaded(x), model(x))
+    assert not any(p.requires_grad for p in loaded.parameters())
+
+
+def test_images_keep_format_and_size(ckpt: Path, model: Anonymizer, tmp_path: Path) -> None:
+    png = _image(tmp_path / "in" / "a.png")
+    _image(tmp_path / "in" / "b.jpg", 30, 20, seed=1)
+    _image(tmp_path / "in" / "c.png", seed=2)  # batched with a.png (same size)
+    out = tmp_path / "out"
+    inputs = [str(tmp_path / "in" / n) for n in ("a.png", "b.jpg", "c.png")]
+    assert main(["--ckpt", str(ckpt), *inputs, "--out", str(out), "--batch-size", "2"]) == 0
+    a = cv2.imread(str(out / "a.png"))[..., ::-1]
+    expected = anonymize_pixels(model, torch.from_numpy(png.copy())).numpy()
+    assert np.array_equal(a, expected)  # PNG is lossless: exactly the anonymizer's output
+    assert not np.array_equal(a, png)
+    assert cv2.imread(str(out / "b.jpg")).shape == (30, 20, 3)
+
+
+@pytest.mark.parametrize(("name", "fourcc"), [("clip.avi", "MJPG"), ("clip.mp4", "mp4v")])
+def test_video_keeps_frame_count_and_rate(ckpt: Path, tmp_path: Path, name: str, fourcc: str):
+    _video(tmp_path / name, fourcc)
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(ckpt), str(tmp_path / name), "--out", str(out),
+                 "--batch-size", "8", "--quiet"]) == 0  # fmt: skip
+    reader = decord.VideoReader(str(out / name))
+    assert len(reader) == FRAMES and reader.get_avg_fps() == pytest.approx(FPS)
+    assert reader[0].shape == (48, 64, 3)
+
+
+def test_folders_are_searched_recursively(ckpt: Path, tmp_path: Path) -> None:
+    album = tmp_path / "album"
+    _image(album / "x.png")
+    _image(album / "trip" / "y.jpeg")
+    _video(album / "trip" / "z.mpg", "mp4v", frames=5)  # written back as .mp4
+    (album / "notes.txt").write_text("not media: skipped in folders")
+    out = tmp_path / "out"
+    assert main(["--ckpt", str(ckpt), str(album), "--out", str(out), "--quiet"]) == 0
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["album/trip/y.jpeg", "album/trip/z.mp4", "album/x.png"]
+    assert len(decord.VideoReader(str(out / "album" / "trip" / "z.mp4"))) == 5
+
+
+def test_bad_inputs_are_named_and_nothing_is_written(
+    ckpt: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    _image(tmp_path / "good.png")
+    (tmp_path / "broken.jpg").write_bytes(b"definitely not a jpeg")
+    (tmp_path / "broken.avi").write_bytes(b"RIFF garbage")
+    (tmp_path / "doc.pdf").write_bytes(b"%PDF")
+    out = tmp_path / "out"
+    inputs = [tmp_path / n for n in ("good.png", "broken.jpg", "broken.avi", "doc.pdf", "gone.png")]
+    assert main(["--ckpt", str(ckpt), *map(str, inputs), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    for name in ("broken.jpg", "broken.avi", "doc.pdf", "gone.png"):
+        assert name in err
+    assert "cannot read image" in err and "cannot read video" in err and "unsupported" in err
+    assert not out.exists()
+
+
+def test_clashing_targets_and_bad_checkpoints(tmp_path: Path, ckpt: Path) -> None:
+    _image(tmp_path / "a" / "same.png")
+    _image(tmp_path / "b" / "same.png")
+    with pytest.raises(ValueError, match="would both be written"):
+        collect_jobs([tmp_path / "a" / "same.png", tmp_path / "b" / "same.png"], tmp_path / "o")
+    with pytest.raises(ValueError, match="overwrite the input"):
+        collect_jobs([tmp_path / "a" / "same.png"], tmp_path / "a")
+
+    not_ours = tmp_path / "other.ckpt"
+    torch.save({"state_dict": {"model.weight": torch.zeros(1)}}, not_ours)
+    with pytest.raises(ValueError, match="no anonymizer.* weights"):
+        load_anonymizer(not_ours)
+    with pytest.raises(FileNotFoundError, match="no checkpoint"):
+        load_anonymizer(tmp_path / "missing.ckpt")
+    assert main(["--ckpt", str(tmp_path / "missing.ckpt"), str(tmp_path / "a"),
+                 "--out", str(tmp_path / "o")]) == 2  # fmt: skip
+
+
+def test_benchmark_reports_frames_per_second(ckpt: Path) -> None:
+    result = benchmark(ckpt, seconds=0.5, fps=10, width=64, height=48, batch_size=4)
+    assert result["frames"] == 5 and result["end_to_end_fps"] > 0 and result["model_fps"] > 0
