@@ -26,11 +26,13 @@ from torch import Tensor
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
+from privacy_lit.metrics import VQAAccuracy
 from privacy_lit.mllm.base import BlackBoxMLLM, QueryStats, Request
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.privacy import privacy_loss
 from privacy_lit.utility.retrieval import RetrievalScorer
+from privacy_lit.utility.vqa import VQAScorer
 from privacy_lit.zo.history import CriticalHistoryEstimator, Selection
 from privacy_lit.zo.scalarize import Method, ParetoScalarizer
 from privacy_lit.zo.spsa import (
@@ -49,7 +51,9 @@ class PrivacySystem(L.LightningModule):
 
     Args:
         mllm: the black box (any :class:`BlackBoxMLLM`).
-        prompt: the question sent with every visual input.
+        prompt: the question sent with every visual input; for VQA data (``utility_task ==
+            "vqa"``) ``{question}`` in it is replaced by each sample's question, and the utility
+            loss is the text-embedding distance of the answer to the human answers (App. E).
         lambda_utility, lambda_privacy: λ₁, λ₂ of Eq. 4–6 (App. E: 0.5, 0.5).
         scalarization: ``"at"`` (Eq. 6), ``"t"`` (Eq. 5) or ``"ws"`` (Eq. 4) — Tab. 5.
         eps_ratio, sigma: ε = eps_ratio·z* and σ of Eq. 6 (0.1, 1e-4).
@@ -134,7 +138,10 @@ class PrivacySystem(L.LightningModule):
         self.last_raw_gradient_estimate: Tensor | None = None
         self.last_gradient_estimate: Tensor | None = None
         self.scorer: RetrievalScorer | None = None
-        self.val_top1: MulticlassAccuracy | None = None
+        self.test_scorer: RetrievalScorer | None = None
+        self.vqa_scorer: VQAScorer | None = None
+        self.utility_task = "action"
+        self.val_top1: MulticlassAccuracy | VQAAccuracy | None = None
         self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
 
     # ----------------------------------------------------------------------------- set-up
@@ -145,12 +152,24 @@ class PrivacySystem(L.LightningModule):
                 f"num_attributes={self.hparams.num_attributes} but the data has "
                 f"{len(datamodule.attribute_names)}: {datamodule.attribute_names}"
             )
-        self.scorer = RetrievalScorer(
-            datamodule.class_names, self.hparams.text_encoder, self.hparams.retrieval_temperature
-        )
-        self.val_top1 = MulticlassAccuracy(len(datamodule.class_names), average="micro").to(
-            self.device
-        )
+        self.utility_task = getattr(datamodule, "utility_task", "action")
+        hp = self.hparams
+        if self.utility_task == "vqa":
+            self.vqa_scorer = VQAScorer(hp.text_encoder)
+            self.val_top1 = VQAAccuracy(num_answers=None)
+        else:
+            self.scorer = RetrievalScorer(
+                datamodule.class_names, hp.text_encoder, hp.retrieval_temperature
+            )
+            # cross-dataset settings (UCF101 -> PA-HMDB51) score test answers against test classes
+            test_classes = getattr(datamodule, "test_class_names", datamodule.class_names)
+            self.test_scorer = (
+                self.scorer
+                if list(test_classes) == list(datamodule.class_names)
+                else RetrievalScorer(test_classes, hp.text_encoder, hp.retrieval_temperature)
+            )
+            self.val_top1 = MulticlassAccuracy(len(test_classes), average="micro")
+        self.val_top1 = self.val_top1.to(self.device)
         self.mllm.prepare()
 
     def on_fit_start(self) -> None:
@@ -178,9 +197,29 @@ class PrivacySystem(L.LightningModule):
         return "adversarial"
 
     # ----------------------------------------------------------------------------- helpers
-    def _ask(self, clips: list[Tensor]) -> list[str]:
-        requests = [Request(clip.cpu(), self.hparams.prompt) for clip in clips]
+    def _ask(self, visuals: list[Tensor], prompts: list[str]) -> list[str]:
+        requests = [Request(v.cpu(), p) for v, p in zip(visuals, prompts, strict=True)]
         return [answer.text for answer in self.mllm.answer(requests)]
+
+    def _utility_visuals(self, utility: dict[str, Any]) -> Tensor:
+        """``B × T × H × W × 3`` uint8: clips as they are, VQA images as one-frame clips."""
+        return utility["image"].unsqueeze(1) if self.utility_task == "vqa" else utility["clip"]
+
+    def _requests_of(self, frames: Tensor) -> list[Tensor]:
+        """Anonymized ``B × T × ...`` pixels → one visual per request (an image for VQA)."""
+        return list(frames[:, 0] if self.utility_task == "vqa" else frames)
+
+    def _prompts(self, utility: dict[str, Any]) -> list[str]:
+        prompt = self.hparams.prompt
+        if self.utility_task == "vqa":
+            return [prompt.format(question=q) for q in utility["question"]]
+        return [prompt] * len(utility["clip"])
+
+    def _utility_loss(self, answers: list[str], utility: dict[str, Any]) -> float:
+        """L_MLLM of a batch's answers: retrieval cross-entropy (actions) or VQA distance."""
+        if self.utility_task == "vqa":
+            return float(self.vqa_scorer.loss(answers, utility["answers"]))
+        return float(self.scorer.loss(answers, utility["action"]))
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
@@ -189,7 +228,8 @@ class PrivacySystem(L.LightningModule):
     def _reconstruction_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
         anonymizer_opt, _ = self.optimizers()
         # every privacy image and one frame per clip: frames of a clip are near-duplicates
-        frames = torch.cat([batch["utility"]["clip"][:, 0], batch["privacy"]["image"]])
+        first = self._utility_visuals(batch["utility"])[:, 0]
+        frames = torch.cat([first, batch["privacy"]["image"]])
         x = to_float(frames)
         loss = F.l1_loss(self.anonymizer(x), x)
         anonymizer_opt.zero_grad()
@@ -227,7 +267,8 @@ class PrivacySystem(L.LightningModule):
 
         # 2. SPSA through the black box: θ ± c_kΔ_k for q perturbations, 2q queries per clip,
         #    one backend call
-        clips, actions = batch["utility"]["clip"], batch["utility"]["action"]
+        utility = batch["utility"]
+        clips = self._utility_visuals(utility)
         b, t = clips.shape[:2]
         deltas = [
             rademacher(h.numel(), seed=perturbation_seed(self.hparams.zo_seed, k, j))
@@ -241,10 +282,10 @@ class PrivacySystem(L.LightningModule):
                 for sign in (1.0, -1.0):
                     with perturbed(params, delta.to(h), sign * c_k):
                         frames = to_uint8(self.anonymizer.decode(clip_frames, clip_features))
-                    anonymized += list(frames.reshape(b, t, *frames.shape[1:]))
-        answers = self._ask(anonymized)
+                    anonymized += self._requests_of(frames.reshape(b, t, *frames.shape[1:]))
+        answers = self._ask(anonymized, self._prompts(utility) * (2 * len(deltas)))
         losses = [
-            float(self.scorer.loss(answers[i : i + b], actions)) for i in range(0, len(answers), b)
+            self._utility_loss(answers[i : i + b], utility) for i in range(0, len(answers), b)
         ]
         pairs = list(zip(losses[0::2], losses[1::2], strict=True))
         g_hat = averaged_spsa_gradient(pairs, deltas, c_k).to(h)
@@ -303,10 +344,13 @@ class PrivacySystem(L.LightningModule):
         utility, privacy = batch.get("utility"), batch.get("privacy")
         with torch.no_grad():
             if utility is not None:
-                answers = self._ask(list(anonymize_pixels(self.anonymizer, utility["clip"])))
-                self.val_top1.update(
-                    self.scorer.predict(answers).to(self.device), utility["action"]
-                )
+                frames = anonymize_pixels(self.anonymizer, self._utility_visuals(utility))
+                answers = self._ask(self._requests_of(frames), self._prompts(utility))
+                if self.utility_task == "vqa":
+                    self.val_top1.update(answers, utility["answers"])
+                else:
+                    predicted = self.test_scorer.predict(answers).to(self.device)
+                    self.val_top1.update(predicted, utility["action"])
             if privacy is not None:
                 self.reviewer.eval()
                 logits = self.reviewer(self.anonymizer(to_float(privacy["image"])))
@@ -316,7 +360,10 @@ class PrivacySystem(L.LightningModule):
     def _log_evaluation(self, prefix: str) -> None:
         self.log_dict(
             {
-                f"{prefix}/top1": self.val_top1.compute(),
+                # top-1 of the retrieved class for actions, VQA accuracy for VQA data
+                f"{prefix}/{'vqa_accuracy' if self.utility_task == 'vqa' else 'top1'}": (
+                    self.val_top1.compute()
+                ),
                 f"{prefix}/reviewer_cmap": self.val_cmap.compute(),
             }
         )
