@@ -27,7 +27,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from privacy_lit.metrics import VQAAccuracy
-from privacy_lit.mllm.base import BlackBoxMLLM, QueryStats, Request
+from privacy_lit.mllm.base import Answer, BlackBoxMLLM, QueryStats, Request
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.privacy import privacy_loss
@@ -170,6 +170,9 @@ class PrivacySystem(L.LightningModule):
             )
             self.val_top1 = MulticlassAccuracy(len(test_classes), average="micro")
         self.val_top1 = self.val_top1.to(self.device)
+        backend = getattr(self.mllm, "backend", self.mllm)  # under a CachedMLLM
+        if getattr(backend, "mode", None) == "option_scores" and not backend.options:
+            backend.options = list(datamodule.class_names)  # score the classes being learned
         self.mllm.prepare()
 
     def on_fit_start(self) -> None:
@@ -197,9 +200,9 @@ class PrivacySystem(L.LightningModule):
         return "adversarial"
 
     # ----------------------------------------------------------------------------- helpers
-    def _ask(self, visuals: list[Tensor], prompts: list[str]) -> list[str]:
+    def _ask(self, visuals: list[Tensor], prompts: list[str]) -> list[Answer]:
         requests = [Request(v.cpu(), p) for v, p in zip(visuals, prompts, strict=True)]
-        return [answer.text for answer in self.mllm.answer(requests)]
+        return self.mllm.answer(requests)
 
     def _utility_visuals(self, utility: dict[str, Any]) -> Tensor:
         """``B × T × H × W × 3`` uint8: clips as they are, VQA images as one-frame clips."""
@@ -215,10 +218,11 @@ class PrivacySystem(L.LightningModule):
             return [prompt.format(question=q) for q in utility["question"]]
         return [prompt] * len(utility["clip"])
 
-    def _utility_loss(self, answers: list[str], utility: dict[str, Any]) -> float:
-        """L_MLLM of a batch's answers: retrieval cross-entropy (actions) or VQA distance."""
+    def _utility_loss(self, answers: list[Answer], utility: dict[str, Any]) -> float:
+        """L_MLLM of a batch's answers: retrieval cross-entropy (actions; a local model's
+        per-option scores when it gives them) or VQA embedding distance."""
         if self.utility_task == "vqa":
-            return float(self.vqa_scorer.loss(answers, utility["answers"]))
+            return float(self.vqa_scorer.loss([a.text for a in answers], utility["answers"]))
         return float(self.scorer.loss(answers, utility["action"]))
 
     # ----------------------------------------------------------------------------- training
@@ -347,7 +351,7 @@ class PrivacySystem(L.LightningModule):
                 frames = anonymize_pixels(self.anonymizer, self._utility_visuals(utility))
                 answers = self._ask(self._requests_of(frames), self._prompts(utility))
                 if self.utility_task == "vqa":
-                    self.val_top1.update(answers, utility["answers"])
+                    self.val_top1.update([a.text for a in answers], utility["answers"])
                 else:
                     predicted = self.test_scorer.predict(answers).to(self.device)
                     self.val_top1.update(predicted, utility["action"])

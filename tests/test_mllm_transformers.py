@@ -303,8 +303,12 @@ def test_device_and_dtype_strings() -> None:
 
 
 def test_bad_settings_fail_at_construction_and_loading_is_lazy(tmp_path: Path) -> None:
-    with pytest.raises(ValueError, match="needs `options`"):
-        TransformersMLLM("x", mode="option_scores")
+    with pytest.raises(ValueError, match="distinct"):
+        TransformersMLLM("x", mode="option_scores", options=["run", "run"])
+    with pytest.raises(ValueError, match="needs `options`"):  # PrivacySystem sets them in setup
+        TransformersMLLM("x", mode="option_scores").answer(
+            [Request(torch.zeros(8, 8, 3, dtype=torch.uint8), "q")]
+        )
     with pytest.raises(ValueError, match="mode"):
         TransformersMLLM("x", mode="logits")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="dtype"):

@@ -156,9 +156,9 @@ class TransformersMLLM(BlackBoxMLLM):
         for name, value in counts.items():
             if value < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if mode == "option_scores":
-            if not options or any(not o.strip() for o in options):
-                raise ValueError("mode='option_scores' needs `options`: non-empty class names")
+        if options is not None:  # None: PrivacySystem fills in the data's class names
+            if any(not o.strip() for o in options):
+                raise ValueError("`options` must be non-empty class names")
             if len(set(options)) != len(options):
                 raise ValueError("`options` must be distinct")
         if option_template is not None and "{option}" not in option_template:
@@ -324,6 +324,8 @@ class TransformersMLLM(BlackBoxMLLM):
 
     @torch.inference_mode()
     def _answer(self, requests: list[Request]) -> list[Answer]:
+        if self.mode == "option_scores" and not self.options:
+            raise ValueError("mode='option_scores' needs `options`: the class names to score")
         self.prepare()
         items = [self._item(r) for r in requests]
         if self.mode == "option_scores":
