@@ -27,7 +27,7 @@ SWEEPS = sorted(Path("conf/sweeps").glob("*.yaml"))
 # the paper's grids (supplement Tab. A1–A5); b = 2 is outside CriticalHistoryEstimator's range
 PAPER_GRIDS = {
     "gamma.yaml": ("model.gamma", [0.0, 0.3, 0.5, 0.7, 1.0]),
-    "b.yaml": ("model.b", [0.0, 0.1, 0.3, 0.5, 1.0]),
+    "b.yaml": ("model.b", [0.0, 0.1, 0.3, 0.5, 1.0, 2.0]),
     "decay.yaml": ("model.decay", [0.1, 0.5, 0.9, 1.0]),
 }
 
