@@ -7,7 +7,6 @@ Project subcommands that are not a Lightning loop run their own ``main(argv)`` i
 - ``bench mllm``: :mod:`privacy_lit.bench.mllm`, HTTP backend throughput against a loopback server;
 - ``bench data``: :mod:`privacy_lit.bench.data`, clip loading throughput;
 - ``data check``: :mod:`privacy_lit.data.check`, validates a dataset folder against its config;
-- ``report``: :mod:`privacy_lit.report`, a paper-style table from several results files;
 - ``sweep``: :mod:`privacy_lit.sweep`, runs a W&B sweep file's grid locally;
 - ``anonymize``: :mod:`privacy_lit.anonymize`, a trained anonymizer applied to images and videos.
 
@@ -30,7 +29,6 @@ SUBCOMMANDS: dict[tuple[str, ...], str] = {
     ("bench", "mllm"): "privacy_lit.bench.mllm",
     ("bench", "data"): "privacy_lit.bench.data",
     ("data", "check"): "privacy_lit.data.check",
-    ("report",): "privacy_lit.report",
     ("sweep",): "privacy_lit.sweep",
     ("anonymize",): "privacy_lit.anonymize",
 }
