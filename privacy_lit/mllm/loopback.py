@@ -172,7 +172,14 @@ class LoopbackServer:
                     return action
             return "ok"
 
-    def _leave(self, action: str, usage: tuple[int, int] | None = None) -> None:
+    def _leave(
+        self,
+        action: str,
+        usage: tuple[int, int] | None = None,
+        images: Sequence[tuple[str, Any]] = (),
+    ) -> None:
+        """Book a request's outcome. Handlers call this *before* writing the reply: a client
+        that reads the reply and then checks the counters must find its request there."""
         with self._lock:
             self.in_flight -= 1
             if usage is None:
@@ -181,6 +188,17 @@ class LoopbackServer:
                 self.answered += 1
                 self.prompt_tokens += usage[0]
                 self.completion_tokens += usage[1]
+                self.image_counts.append(len(images))
+                self.image_types.update(kind for kind, _ in images)
+
+    def _retract(self, usage: tuple[int, int], images: Sequence[tuple[str, Any]]) -> None:
+        """Undo an answer's booking when the client hung up before the reply went out."""
+        with self._lock:
+            self.answered -= 1
+            self.prompt_tokens -= usage[0]
+            self.completion_tokens -= usage[1]
+            self.image_counts.remove(len(images))
+            self.faults["client gone"] += 1
 
 
 class _Server(ThreadingHTTPServer):
@@ -223,39 +241,35 @@ class _Handler(BaseHTTPRequestHandler):
             content = _echo(text, images)
             usage = (math.ceil(len(text) / 4) + IMAGE_TOKENS * len(images), len(content.split()))
             reply = _completion(request.get("model", "loopback"), content, usage)
+            server._leave(action, usage, images)
             try:
                 self._send_json(200, reply)
             except OSError:  # the client gave up: not answered
-                server._leave("client gone")
-                return
-            with server._lock:
-                server.image_counts.append(len(images))
-                server.image_types.update(kind for kind, _ in images)
-            server._leave(action, usage)
+                server._retract(usage, images)
             return
         if action in ("drop", "hang"):
             if action == "hang":
                 time.sleep(server.hang_s)
+            server._leave(action)
             self.close_connection = True
             try:
                 self.connection.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
-            server._leave(action)
             return
         if action == "garbage":
-            self._send_json(200, {"unexpected": True})
             server._leave(action)
+            self._send_json(200, {"unexpected": True})
             return
         try:
             status = int(_check_action(action))
         except ValueError as error:  # a rule's typo: say so instead of killing the handler
             status, action = 500, f"invalid action {action!r}"
-            self._send_json(status, {"error": {"message": str(error), "type": "loopback"}})
             server._leave(action)
+            self._send_json(status, {"error": {"message": str(error), "type": "loopback"}})
             return
-        self._send_json(status, {"error": {"message": f"injected {status}", "type": "loopback"}})
         server._leave(action)
+        self._send_json(status, {"error": {"message": f"injected {status}", "type": "loopback"}})
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
