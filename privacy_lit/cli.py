@@ -8,7 +8,8 @@ Project subcommands that are not a Lightning loop run their own ``main(argv)`` i
 - ``bench data``: :mod:`privacy_lit.bench.data`, clip loading throughput;
 - ``data check``: :mod:`privacy_lit.data.check`, validates a dataset folder against its config;
 - ``sweep``: :mod:`privacy_lit.sweep`, runs a W&B sweep file's grid locally;
-- ``anonymize``: :mod:`privacy_lit.anonymize`, a trained anonymizer applied to images and videos.
+- ``anonymize``: :mod:`privacy_lit.anonymize`, a trained anonymizer applied to images and videos;
+- ``report``: :mod:`privacy_lit.report`, one table (with Pareto dominance) from results files.
 
 Tests call :func:`main` in-process: ``main(["fit", "--config", cfg, "--trainer.fast_dev_run=1"])``.
 """
@@ -31,6 +32,7 @@ SUBCOMMANDS: dict[tuple[str, ...], str] = {
     ("data", "check"): "privacy_lit.data.check",
     ("sweep",): "privacy_lit.sweep",
     ("anonymize",): "privacy_lit.anonymize",
+    ("report",): "privacy_lit.report",
 }
 """Words after ``python -m privacy_lit`` → the module whose ``main(argv)`` runs them."""
 

@@ -1,24 +1,35 @@
 """The evaluation protocol: black-box utility on anonymized test data, and privacy measured by a
 *fresh* reviewer trained on anonymized training images (the protocol of the prior works).
 
-Raw data and heuristic baselines go through exactly the same code as the trained anonymizer, so
-the rows of a results table are comparable. Each fresh reviewer starts from the same seed.
+- Utility: the black box answers every anonymized test clip; the answers are retrieved to a
+  class and scored with :class:`~privacy_lit.metrics.ActionTop1` (micro top-1, Tab. 1–2) ↑. On
+  VQA data (``utility_task == "vqa"``) it answers each anonymized test image's question and the
+  answers get the official VQA accuracy (:class:`~privacy_lit.metrics.VQAAccuracy`, Tab. 3–4) ↑,
+  reported in the same ``top1`` field with ``utility_metric = "vqa_accuracy"``.
+- Privacy: a new reviewer (same seed for every row) is trained on the anonymized training images
+  of :meth:`reviewer_dataset` and scored on the anonymized test images with
+  :class:`~privacy_lit.metrics.ClasswiseMAP` (cMAP, macro AP over attributes) ↓ and
+  :class:`~privacy_lit.metrics.PerAttributePrecision` (Tab. B11, at 0.5) ↓.
+
+Raw data, the heuristic baselines and the trained anonymizers go through exactly the same code,
+so the rows of a results table are comparable. ``results.json`` keeps the fields it always had
+(``method``, ``top1``, ``cmap``, ``mllm_calls_per_sample``); newer fields are only added.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, Dataset, TensorDataset
-from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 from tqdm import tqdm
 
+from privacy_lit.metrics import ActionTop1, ClasswiseMAP, PerAttributePrecision, VQAAccuracy
 from privacy_lit.mllm.base import BlackBoxMLLM, Request
 from privacy_lit.models.anonymizer import anonymize_pixels, to_float
 from privacy_lit.models.reviewer import build_reviewer
@@ -27,12 +38,34 @@ from privacy_lit.utility.retrieval import RetrievalScorer
 
 @dataclass
 class Row:
-    """One line of the results table."""
+    """One line of the results table.
+
+    ``top1`` is the utility figure: action top-1, or VQA accuracy where ``utility_metric`` says
+    ``"vqa_accuracy"``. ``attribute_precision`` is Tab. B11's per-attribute precision
+    ``{attribute id: P}`` of the fresh reviewer (empty in results files written before it existed).
+    """
 
     method: str
     top1: float
     cmap: float
     mllm_calls_per_sample: float = 0.0
+    attribute_precision: dict[str, float] = field(default_factory=dict)
+    utility_metric: str = "top1"
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Row:
+        """A row from ``results.json`` (older files lack the newer fields; unknown keys are
+        ignored, so a newer file still reads)."""
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass
+class PrivacyScores:
+    """What the fresh reviewer of one row measured."""
+
+    cmap: float
+    attribute_precision: dict[str, float]
 
 
 def _apply(anonymizer: nn.Module, frames: Tensor, batch: int = 256) -> Tensor:
@@ -40,8 +73,11 @@ def _apply(anonymizer: nn.Module, frames: Tensor, batch: int = 256) -> Tensor:
     return torch.cat([anonymize_pixels(anonymizer, chunk) for chunk in frames.split(batch)])
 
 
-def _stack(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
+def stack_dataset(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
+    """Every sample's ``key`` and ``label`` tensors, stacked (the benchmarks fit in memory)."""
     items = [dataset[i] for i in range(len(dataset))]
+    if not items:
+        raise ValueError(f"{type(dataset).__name__} is empty: nothing to evaluate")
     return torch.stack([it[key] for it in items]), torch.stack([it[label] for it in items])
 
 
@@ -49,28 +85,61 @@ def utility_top1(
     anonymizer: nn.Module, clips: Tensor, actions: Tensor, mllm: BlackBoxMLLM,
     scorer: RetrievalScorer, prompt: str, batch: int = 32,
 ) -> float:  # fmt: skip
-    """Top-1 of the black box's retrieved answers on anonymized clips."""
-    metric = MulticlassAccuracy(len(scorer.class_texts), average="micro")
+    """Top-1 of the black box's retrieved answers on anonymized clips (refusals count wrong)."""
+    metric = ActionTop1(len(scorer.class_texts))
+    stage = mllm.stage
     mllm.stage = "test"
-    for chunk, target in zip(clips.split(batch), actions.split(batch), strict=True):
-        frames = anonymize_pixels(anonymizer, chunk)
-        answers = mllm.answer([Request(c, prompt) for c in frames])
-        metric.update(scorer.predict([a.text for a in answers]), target)
-    mllm.stage = "train"
+    try:
+        for chunk, target in zip(clips.split(batch), actions.split(batch), strict=True):
+            frames = anonymize_pixels(anonymizer, chunk)
+            answers = mllm.answer([Request(c, prompt) for c in frames])
+            metric.update(scorer.predict([a.text for a in answers]), target)
+    finally:
+        mllm.stage = stage
     return float(metric.compute())
 
 
-def fresh_reviewer_cmap(
+def utility_vqa_accuracy(
+    anonymizer: nn.Module, images: Tensor, questions: Sequence[str],
+    answers: Sequence[Sequence[str]], mllm: BlackBoxMLLM, prompt: str, batch: int = 32,
+) -> float:  # fmt: skip
+    """VQA accuracy (official rule) of the black box's answers on anonymized images; ``{question}``
+    in ``prompt`` is replaced by each question, as in training."""
+    metric = VQAAccuracy(num_answers=None)
+    stage = mllm.stage
+    mllm.stage = "test"
+    try:
+        for start in range(0, len(images), batch):
+            frames = anonymize_pixels(anonymizer, images[start : start + batch])
+            asked = questions[start : start + batch]
+            replies = mllm.answer(
+                [Request(f, prompt.format(question=q)) for f, q in zip(frames, asked, strict=True)]
+            )
+            metric.update([a.text for a in replies], list(answers[start : start + batch]))
+    finally:
+        mllm.stage = stage
+    return float(metric.compute())
+
+
+def fresh_reviewer_scores(
     train_images: Tensor, train_labels: Tensor, test_images: Tensor, test_labels: Tensor,
     arch: str, epochs: int, seed: int, lr: float = 1e-3, batch: int = 64, desc: str = "",
-) -> float:  # fmt: skip
-    """Train a new reviewer on (anonymized) training images; macro cMAP on the test images."""
+    names: Sequence[str] | None = None, threshold: float = 0.5,
+) -> PrivacyScores:  # fmt: skip
+    """Train a new reviewer on (anonymized) training images; cMAP and per-attribute precision of
+    its scores on the (anonymized) test images.
+
+    cMAP leaves out attributes without a positive test image (with a warning naming them; see
+    :func:`~privacy_lit.metrics.reduce_classwise_ap`); where every attribute has one it equals
+    sklearn's macro AP.
+    """
     generator = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    reviewer = build_reviewer(arch, train_labels.shape[1])
+    num_labels = train_labels.shape[1]
+    reviewer = build_reviewer(arch, num_labels)
     optimizer = torch.optim.Adam(reviewer.parameters(), lr=lr)
     loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=batch, shuffle=True,
-                        drop_last=True, generator=generator)  # fmt: skip
+                        drop_last=len(train_images) >= batch, generator=generator)  # fmt: skip
     reviewer.train()
     for _ in tqdm(range(epochs), desc=f"fresh reviewer {desc}", unit="epoch", leave=False):
         for images, labels in loader:
@@ -80,19 +149,33 @@ def fresh_reviewer_cmap(
             loss.backward()
             optimizer.step()
     reviewer.eval()
-    metric = MultilabelAveragePrecision(test_labels.shape[1], average="macro")
+    names = list(names) if names is not None else [str(i) for i in range(num_labels)]
+    cmap = ClasswiseMAP(num_labels, names=names)
+    precision = PerAttributePrecision(num_labels, threshold=threshold, names=names)
     with torch.no_grad():
         for images, labels in zip(test_images.split(256), test_labels.split(256), strict=True):
-            x = to_float(images)
-            metric.update(torch.sigmoid(reviewer(x)), labels.long())
-    return float(metric.compute())
+            scores = torch.sigmoid(reviewer(to_float(images)))
+            cmap.update(scores, labels.long())
+            precision.update(scores, labels.long())
+    return PrivacyScores(float(cmap.compute()), precision.as_dict(precision.compute()))
+
+
+def _utility_test_data(datamodule) -> tuple[str, Dataset]:
+    """The utility task (``"action"`` or ``"vqa"``) and its test samples."""
+    task = getattr(datamodule, "utility_task", "action")
+    if task not in ("action", "vqa"):
+        raise NotImplementedError(
+            f"the evaluation protocol scores action recognition or VQA; "
+            f"{type(datamodule).__name__} has utility task {task!r}"
+        )
+    return task, datamodule.utility_dataset("test")
 
 
 def evaluate(
     anonymizers: dict[str, nn.Module],
     datamodule,
     mllm: BlackBoxMLLM,
-    scorer: RetrievalScorer,
+    scorer: RetrievalScorer | None,
     prompt: str,
     reviewer_arch: str,
     reviewer_epochs: int,
@@ -100,26 +183,66 @@ def evaluate(
     calls_per_sample: dict[str, float] | None = None,
     progress: Callable[[str], None] = print,
 ) -> list[Row]:
-    """Run the protocol for every anonymizer; returns one :class:`Row` each."""
-    clips, actions = _stack(datamodule.utility_dataset("test"), "clip", "action")
-    train_images, train_labels = _stack(datamodule.privacy_dataset("train"), "image", "attributes")
-    test_images, test_labels = _stack(datamodule.privacy_dataset("test"), "image", "attributes")
+    """Run the protocol for every anonymizer; returns one :class:`Row` each.
+
+    ``scorer`` retrieves action answers to the *test* classes (unused for VQA data, may be None).
+    The fresh reviewer trains on ``datamodule.reviewer_dataset("train")`` (the training privacy
+    data; another set in the novel-attribute protocol) and is tested on
+    ``reviewer_dataset("test")``.
+    """
+    task, utility_data = _utility_test_data(datamodule)
+    if task == "vqa":
+        items = [utility_data[i] for i in range(len(utility_data))]
+        images = torch.stack([it["image"] for it in items])
+        questions = [it["question"] for it in items]
+        answers = [it["answers"] for it in items]
+
+        def utility(anonymizer: nn.Module) -> float:
+            return utility_vqa_accuracy(anonymizer, images, questions, answers, mllm, prompt)
+    else:
+        if scorer is None:
+            raise ValueError("action recognition needs a RetrievalScorer of the test classes")
+        clips, actions = stack_dataset(utility_data, "clip", "action")
+
+        def utility(anonymizer: nn.Module) -> float:
+            return utility_top1(anonymizer, clips, actions, mllm, scorer, prompt)
+
+    metric = "vqa_accuracy" if task == "vqa" else "top1"
+    reviewer_data = getattr(datamodule, "reviewer_dataset", datamodule.privacy_dataset)
+    names = getattr(datamodule, "test_attribute_names", None) or datamodule.attribute_names
+    train_images, train_labels = stack_dataset(reviewer_data("train"), "image", "attributes")
+    test_images, test_labels = stack_dataset(reviewer_data("test"), "image", "attributes")
+    if len(names) != test_labels.shape[1]:
+        names = None  # a data module whose names do not match its labels: number them
     rows = []
     for name, anonymizer in anonymizers.items():
         anonymizer = anonymizer.eval()
-        top1 = utility_top1(anonymizer, clips, actions, mllm, scorer, prompt)
-        cmap = fresh_reviewer_cmap(
+        score = utility(anonymizer)
+        privacy = fresh_reviewer_scores(
             _apply(anonymizer, train_images), train_labels, _apply(anonymizer, test_images),
-            test_labels, reviewer_arch, reviewer_epochs, seed, desc=name,
+            test_labels, reviewer_arch, reviewer_epochs, seed, desc=name, names=names,
         )  # fmt: skip
-        rows.append(Row(name, top1, cmap, (calls_per_sample or {}).get(name, 0.0)))
-        progress(f"evaluated {name}: top-1 {100 * top1:.1f}, cMAP {100 * cmap:.1f}")
+        calls = (calls_per_sample or {}).get(name, 0.0)
+        rows.append(Row(name, score, privacy.cmap, calls, privacy.attribute_precision, metric))
+        label = "VQA accuracy" if task == "vqa" else "top-1"
+        progress(f"evaluated {name}: {label} {100 * score:.1f}, cMAP {100 * privacy.cmap:.1f}")
     return rows
+
+
+def utility_header(rows: Sequence[Row]) -> str:
+    """The utility column's title: top-1, VQA accuracy, or both names when rows mix them."""
+    metrics = {r.utility_metric for r in rows}
+    if metrics == {"vqa_accuracy"}:
+        return "VQA accuracy (%) ↑"
+    return "top-1 (%) ↑" if metrics <= {"top1"} else "top-1 / VQA acc. (%) ↑"
 
 
 def format_table(rows: list[Row]) -> str:
     """A Markdown table in the paper's style (utility ↑, privacy ↓, black-box calls per sample)."""
-    lines = ["| method | top-1 (%) ↑ | cMAP (%) ↓ | MLLM calls / sample |", "|---|---:|---:|---:|"]
+    lines = [
+        f"| method | {utility_header(rows)} | cMAP (%) ↓ | MLLM calls / sample |",
+        "|---|---:|---:|---:|",
+    ]
     for r in rows:
         lines.append(
             f"| {r.method} | {100 * r.top1:.1f} | {100 * r.cmap:.1f} "
@@ -128,7 +251,41 @@ def format_table(rows: list[Row]) -> str:
     return "\n".join(lines)
 
 
+def format_precision_table(rows: list[Row]) -> str:
+    """Tab. B11: per-attribute precision (%) of the fresh reviewer, one column per attribute, and
+    the overall cMAP. Rows without per-attribute figures (older results files) are skipped."""
+    rows = [r for r in rows if r.attribute_precision]
+    if not rows:
+        return ""
+    names = list(rows[0].attribute_precision)
+    lines = [
+        "| method | " + " | ".join(names) + " | cMAP |",
+        "|---|" + "---:|" * (len(names) + 1),
+    ]
+    for r in rows:
+        cells = [f"{100 * r.attribute_precision.get(n, float('nan')):.1f}" for n in names]
+        lines.append(f"| {r.method} | " + " | ".join(cells) + f" | {100 * r.cmap:.1f} |")
+    return "\n".join(lines)
+
+
 def write_results(rows: list[Row], path: Path, extra: dict | None = None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     payload = {"rows": [asdict(r) for r in rows], **(extra or {})}
     path.write_text(json.dumps(payload, indent=2))
+
+
+def read_results(path: Path) -> tuple[list[Row], dict]:
+    """Rows and the other top-level entries of a results file written by :func:`write_results`."""
+    try:
+        payload = json.loads(Path(path).read_text())
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}: not a JSON results file ({err})") from err
+    if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list):
+        raise ValueError(f"{path}: expected a results file with a 'rows' list")
+    rows = []
+    for i, row in enumerate(payload["rows"]):
+        missing = {"method", "top1", "cmap"} - set(row)
+        if missing:
+            raise ValueError(f"{path}: row {i} lacks {sorted(missing)}")
+        rows.append(Row.from_dict(row))
+    return rows, {k: v for k, v in payload.items() if k != "rows"}

@@ -1,5 +1,6 @@
-"""Obfuscation baselines on a real photograph with a face (scikit-image's astronaut), the pluggable
-detector interface, and the baseline registry."""
+"""Obfuscation baselines on a real photograph with a face (scikit-image's astronaut) with the
+default detector (OpenCV's Haar frontal-face cascade) and the scikit-image LBP option, the
+pluggable detector interface, and the baseline registry."""
 
 from __future__ import annotations
 
@@ -34,12 +35,12 @@ def astronaut() -> np.ndarray:
 
 
 @pytest.fixture(scope="module")
-def detector() -> CascadeFaceDetector:
-    return CascadeFaceDetector()
+def detector() -> HaarCascadeDetector:
+    return HaarCascadeDetector()  # the obfuscation baselines' default
 
 
 @pytest.fixture(scope="module")
-def face(astronaut: np.ndarray, detector: CascadeFaceDetector) -> np.ndarray:
+def face(astronaut: np.ndarray, detector: HaarCascadeDetector) -> np.ndarray:
     boxes = detector(astronaut)
     assert boxes.shape == (1, 4), f"expected exactly the astronaut's face, got {boxes}"
     return boxes[0]
@@ -67,13 +68,21 @@ def _mask(shape: tuple[int, int], boxes: np.ndarray) -> torch.Tensor:
     return mask
 
 
+def test_haar_is_the_default_detector() -> None:
+    assert cv2.__version__.startswith("4.")  # pinned: OpenCV 5 has no Haar cascades
+    for name in ("blacken", "blur_strong", "blur_weak"):
+        detector = build_baseline(name).detector
+        assert isinstance(detector, HaarCascadeDetector)
+        assert detector.cascade.endswith("haarcascade_frontalface_default.xml")
+
+
 def test_detector_finds_the_astronauts_face(face: np.ndarray) -> None:
     x0, y0, x1, y1 = face.tolist()
     assert 150 <= x0 <= 200 and 40 <= y0 <= 90 and 250 <= x1 <= 310 and 140 <= y1 <= 200, face
     assert 80 <= x1 - x0 <= 130  # a face-sized box, not the whole torso
 
 
-@pytest.mark.parametrize("interpolation", [cv2.INTER_AREA, cv2.INTER_LINEAR])
+@pytest.mark.parametrize("interpolation", [cv2.INTER_AREA, cv2.INTER_LINEAR, cv2.INTER_CUBIC])
 def test_detector_at_benchmark_resolution(astronaut: np.ndarray, detector, interpolation) -> None:
     small = cv2.resize(astronaut, (112, 112), interpolation=interpolation)
     boxes = detector(small)
@@ -108,6 +117,18 @@ def test_obfuscation_hides_the_face_and_keeps_the_rest(
     if name == "blacken":
         assert (y[0][:, inside] == 0).all()
     assert _centred_in(detector(_pixels(y)), face) == []  # the face is not found any more
+
+
+def test_scikit_image_lbp_cascade_option(astronaut: np.ndarray, face: np.ndarray) -> None:
+    lbp = CascadeFaceDetector()
+    assert len(_centred_in(lbp(astronaut), face)) == 1
+    small = cv2.resize(astronaut, (112, 112), interpolation=cv2.INTER_AREA)
+    assert len(_centred_in(lbp(small) * 512 // 112, face)) == 1
+    assert len(lbp(data.coffee())) == 0
+    module = build_baseline("blacken", detector=lbp)
+    y = module(_tensor(astronaut))
+    assert _centred_in(lbp(_pixels(y)), face) == []
+    assert _centred_in(HaarCascadeDetector()(_pixels(y)), face) == []
 
 
 def test_weak_blur_changes_less_than_strong_blur(astronaut: np.ndarray) -> None:
@@ -186,25 +207,32 @@ def test_torchvision_detector_filters_and_loads_local_weights(tmp_path: Path) ->
         TorchvisionDetector.from_weights("yolo", weights)
 
 
-def test_opencv4_detectors_work_or_fail_clearly(astronaut: np.ndarray, face: np.ndarray) -> None:
-    if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 dropped Haar cascades and HOG
-        with pytest.raises(RuntimeError, match="OpenCV"):
-            HaarCascadeDetector()
-    else:
-        assert len(_centred_in(HaarCascadeDetector()(astronaut), face)) == 1
-    if not hasattr(cv2, "HOGDescriptor"):
-        with pytest.raises(RuntimeError, match="OpenCV"):
-            HOGPersonDetector()
-    else:
-        boxes = HOGPersonDetector()(astronaut)
-        assert boxes.ndim == 2 and boxes.shape[1] == 4
+def test_opencv_detectors_fail_clearly_without_opencv4(
+    astronaut: np.ndarray, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    boxes = HOGPersonDetector()(astronaut)  # persons: an option (UnionDetector), not the default
+    assert boxes.ndim == 2 and boxes.shape[1] == 4
+    with pytest.raises(FileNotFoundError, match="not found"):
+        HaarCascadeDetector("no_such_cascade.xml")
+    (tmp_path / "broken.xml").write_text("<opencv_storage></opencv_storage>")
+    with pytest.raises(ValueError, match="not a cascade"):
+        HaarCascadeDetector(str(tmp_path / "broken.xml"))(astronaut)
+    monkeypatch.delattr(cv2, "CascadeClassifier")  # what OpenCV 5 looks like
+    monkeypatch.delattr(cv2, "HOGDescriptor")
+    with pytest.raises(RuntimeError, match="OpenCV"):
+        HaarCascadeDetector()
+    with pytest.raises(RuntimeError, match="OpenCV"):
+        HOGPersonDetector()
 
 
 def test_detector_survives_deepcopy(astronaut: np.ndarray) -> None:
     module = build_baseline("blacken")
-    module(_tensor(cv2.resize(astronaut, (64, 64))))  # builds the cascade
-    clone = copy.deepcopy(module)  # e.g. a config system copying modules: the cascade is rebuilt
+    module(_tensor(cv2.resize(astronaut, (64, 64))))  # loads the cascade
+    clone = copy.deepcopy(module)  # e.g. a config system copying modules: the cascade is reloaded
     assert clone.detector(astronaut).shape == (1, 4)
+    lbp = build_baseline("blacken", detector=CascadeFaceDetector())
+    lbp(_tensor(cv2.resize(astronaut, (64, 64))))
+    assert copy.deepcopy(lbp).detector(astronaut).shape == (1, 4)
 
 
 # ---------------------------------------------------------------- registry

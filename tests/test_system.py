@@ -94,6 +94,7 @@ def _tiny_pipeline(root: Path, out: Path) -> dict[str, dict]:
     args = _tiny_args(root, out) + [
         "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", "--model.recon_epochs=1",
         "--model.reviewer_epochs=1", "--trainer.callbacks.init_args.reviewer_epochs=1",
+        "--trainer.callbacks.init_args.baselines=[raw,downsample4]",
     ]  # fmt: skip
     main(["fit", *args])
     results = list(out.rglob("results.json"))

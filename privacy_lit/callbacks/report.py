@@ -1,26 +1,78 @@
-"""At the end of ``fit``: evaluate the trained anonymizer and the baselines, print the table and
-write ``results.json`` into the run directory."""
+"""The results table: evaluate the trained anonymizer and the comparison methods with the full
+protocol (:mod:`privacy_lit.evaluation`), print the table and write ``results.json`` into the run
+directory — at the end of ``fit``, and at the end of ``test``.
+
+``python -m privacy_lit test --config conf/demo.yaml --ckpt_path RUN/checkpoints/X.ckpt
+--trainer.callbacks.init_args.baselines=[all]`` evaluates a checkpoint against every comparison
+method (the miniature Tab. 1). Without ``--ckpt_path`` there is no trained anonymizer: ``test``
+then evaluates the comparison methods only, and says so.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import lightning as L
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import nn
 
-from privacy_lit.baselines.downsample import Downsample
-from privacy_lit.evaluation import evaluate, format_table, write_results
+from privacy_lit.baselines.registry import BASELINE_NAMES, build_baseline
+from privacy_lit.baselines.surrogate import (
+    AdversarialConfig,
+    SurrogateConfig,
+    train_surrogate_anonymizer,
+    train_whitebox_anonymizer,
+)
+from privacy_lit.evaluation import evaluate, format_precision_table, format_table, write_results
+
+TRAINED_COMPARISONS: tuple[str, ...] = ("surrogate", "whitebox")
+"""Comparison methods that train an anonymizer first (:mod:`privacy_lit.baselines.surrogate`)."""
+COMPARISON_NAMES: tuple[str, ...] = (*BASELINE_NAMES, *TRAINED_COMPARISONS)
+"""Everything ``baselines`` may list; ``"all"`` stands for all of them, in this order."""
+
+
+def method_name(name: str) -> str:
+    """The row name of a comparison in the results (``downsample4`` → ``downsample 4x``, as the
+    fit's table has always said; the rest keep their registry name)."""
+    if name.startswith("downsample"):
+        return f"downsample {name.removeprefix('downsample')}x"
+    return name
+
+
+def expand_baselines(names: list[str]) -> list[str]:
+    """``"all"`` expanded, unknown names refused (listing the valid ones), duplicates dropped."""
+    out: list[str] = []
+    for name in names:
+        for n in COMPARISON_NAMES if name == "all" else (name,):
+            if n not in COMPARISON_NAMES:
+                raise ValueError(
+                    f"unknown baseline {n!r}; valid: all, {', '.join(COMPARISON_NAMES)}"
+                )
+            if n not in out:
+                out.append(n)
+    return out
 
 
 class PrivacyUtilityReport(L.Callback):
-    """Runs :func:`privacy_lit.evaluation.evaluate` for ours, raw data and ``downsample`` factors.
+    """Runs :func:`privacy_lit.evaluation.evaluate` for ours and the comparison methods.
 
     Args:
         reviewer_epochs: epochs of each fresh reviewer of the privacy protocol.
-        reviewer_arch: architecture of the fresh reviewers (default: the system's reviewer).
-        downsample_factors: the downsampling baselines to include (Tab. B8).
+        reviewer_arch: architecture of the fresh reviewers (default: the system's reviewer); also
+            the adversary of the surrogate and white-box training.
+        downsample_factors: with ``baselines`` unset, the rows are raw data and these downsampling
+            factors (Tab. B8); the demo's fit uses ``[4]``.
         filename: results file, written in the trainer's log directory.
+        baselines: the comparison rows, by name: ``raw``, ``downsample2|4|8``, ``blacken``,
+            ``blur_strong``, ``blur_weak`` (:mod:`privacy_lit.baselines.registry`), ``surrogate``
+            (trained against a surrogate recognizer, Tab. 1–4), ``whitebox`` (true gradients of
+            the stand-in's own model, Tab. B7 — needs a black box that exposes ``recognizer``),
+            or ``all``. Overrides ``downsample_factors``.
+        adversarial: the surrogate and white-box training (steps, batch sizes, learning rates,
+            privacy weight, seed; :class:`~privacy_lit.baselines.surrogate.AdversarialConfig`).
+        surrogate: the surrogate recognizer trained on raw clips (epochs, width, seed;
+            :class:`~privacy_lit.baselines.surrogate.SurrogateConfig`).
     """
 
     def __init__(
@@ -29,30 +81,103 @@ class PrivacyUtilityReport(L.Callback):
         reviewer_arch: str | None = None,
         downsample_factors: list[int] | None = None,
         filename: str = "results.json",
+        baselines: list[str] | None = None,
+        adversarial: AdversarialConfig | None = None,
+        surrogate: SurrogateConfig | None = None,
     ):
         self.reviewer_epochs = reviewer_epochs
         self.reviewer_arch = reviewer_arch
         self.downsample_factors = [4] if downsample_factors is None else downsample_factors
         self.filename = filename
+        self.baselines = None if baselines is None else expand_baselines(baselines)
+        if reviewer_epochs < 0:
+            raise ValueError(f"reviewer_epochs must be >= 0, got {reviewer_epochs}")
+        self.adversarial = adversarial or AdversarialConfig()
+        self.surrogate = surrogate or SurrogateConfig()
+
+    @property
+    def comparisons(self) -> list[str]:
+        if self.baselines is not None:
+            return self.baselines
+        return ["raw", *(f"downsample{f}" for f in self.downsample_factors)]
+
+    def _build(self, name: str, pl_module: L.LightningModule, datamodule, arch: str) -> nn.Module:
+        if name not in TRAINED_COMPARISONS:
+            return build_baseline(name)
+        task = getattr(datamodule, "utility_task", "action")
+        if task != "action":
+            raise ValueError(
+                f"baseline {name!r} trains against an action recognizer; this data's utility "
+                f"task is {task!r} (the paper's VQA surrogate is a VQA model, not provided)"
+            )
+        hp = pl_module.hparams
+        shape = {"anonymizer_widths": hp.anonymizer_widths, "head_hidden": hp.head_hidden}
+        config = self.adversarial
+        if name == "surrogate":
+            return train_surrogate_anonymizer(
+                datamodule, arch, config, self.surrogate, progress=pl_module.print, **shape
+            ).anonymizer
+        recognizer = getattr(pl_module.mllm, "recognizer", None)
+        if not isinstance(recognizer, nn.Module):
+            raise ValueError(
+                f"baseline 'whitebox' needs the black box's own differentiable model; "
+                f"{type(pl_module.mllm).__name__} exposes none (only the embedded stand-in does)"
+            )
+        return train_whitebox_anonymizer(
+            datamodule, recognizer, arch, config, progress=pl_module.print, **shape
+        ).anonymizer
+
+    def _report(
+        self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str, include_ours: bool
+    ) -> None:
+        datamodule = trainer.datamodule
+        arch = self.reviewer_arch or pl_module.hparams.reviewer_arch
+        anonymizers = {
+            method_name(n): self._build(n, pl_module, datamodule, arch) for n in self.comparisons
+        }
+        calls = {}
+        if include_ours:
+            anonymizers["ours"] = pl_module.anonymizer
+            train_calls = pl_module.mllm.stats.by_stage.get("train", 0)
+            calls["ours"] = train_calls / len(datamodule.utility_dataset("train"))
+        # test answers are scored against the test classes (they differ cross-dataset)
+        scorer = getattr(pl_module, "test_scorer", None) or pl_module.scorer
+        rows = evaluate(
+            anonymizers, datamodule, pl_module.mllm, scorer, pl_module.hparams.prompt, arch,
+            self.reviewer_epochs, seed=0, calls_per_sample=calls, progress=pl_module.print,
+        )  # fmt: skip
+        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
+        extra = {
+            "mllm": pl_module.mllm.stats.as_dict(),
+            "zo_steps": pl_module.zo_step,
+            "stage": stage,
+            "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
+            "reviewer_epochs": self.reviewer_epochs,
+        }
+        write_results(rows, out, extra)
+        table = format_table(rows)
+        if precision := format_precision_table(rows):
+            table += f"\n\nper-attribute precision (%) ↓ (Tab. B11):\n{precision}"
+        pl_module.print(f"\n{table}\n\nresults written to {out}")
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if trainer.fast_dev_run or trainer.sanity_checking:
             return
-        datamodule = trainer.datamodule
-        anonymizers: dict[str, nn.Module] = {"raw": nn.Identity()}
-        anonymizers |= {f"downsample {f}x": Downsample(f) for f in self.downsample_factors}
-        anonymizers["ours"] = pl_module.anonymizer
-        train_calls = pl_module.mllm.stats.by_stage.get("train", 0)
-        samples = len(datamodule.utility_dataset("train"))
-        rows = evaluate(
-            anonymizers, datamodule, pl_module.mllm, pl_module.scorer, pl_module.hparams.prompt,
-            self.reviewer_arch or pl_module.hparams.reviewer_arch, self.reviewer_epochs,
-            seed=0, calls_per_sample={"ours": train_calls / samples}, progress=pl_module.print,
-        )  # fmt: skip
-        table = format_table(rows)
-        out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
-        write_results(
-            rows, out, {"mllm": pl_module.mllm.stats.as_dict(), "zo_steps": pl_module.zo_step}
-        )
-        pl_module.print(f"\n{table}\n\nresults written to {out}")
+        self._report(trainer, pl_module, "fit", include_ours=True)
+
+    @rank_zero_only
+    def on_test_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        if trainer.fast_dev_run:
+            return
+        # "ours" needs a trained anonymizer: a checkpoint, or the weights of a fit in this process
+        trained = trainer.ckpt_path is not None or pl_module.zo_step > 0
+        if not trained:
+            pl_module.print(
+                "no checkpoint (--ckpt_path): the anonymizer is untrained, so 'ours' is left out "
+                "and only the comparison methods are evaluated"
+            )
+        # the test loop runs its hooks under inference mode; the protocol trains fresh reviewers
+        # (and the surrogate / white-box anonymizers), which needs autograd back
+        with torch.inference_mode(False), torch.enable_grad():
+            self._report(trainer, pl_module, "test", include_ours=trained)

@@ -1,0 +1,224 @@
+"""The evaluation protocol: the new metrics give the old figures, rows carry Tab. B11's precision,
+results files stay readable, and ``test`` evaluates a checkpoint against every comparison."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torch.utils.data import DataLoader, TensorDataset
+from torchmetrics.classification import MultilabelAveragePrecision
+
+from privacy_lit.cli import main
+from privacy_lit.data.synthetic import SyntheticDataModule
+from privacy_lit.data.vispr import VISPR7
+from privacy_lit.evaluation import (
+    Row,
+    evaluate,
+    format_table,
+    fresh_reviewer_scores,
+    read_results,
+    stack_dataset,
+    utility_top1,
+    write_results,
+)
+from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
+from privacy_lit.models.anonymizer import to_float
+from privacy_lit.models.reviewer import build_reviewer
+from privacy_lit.utility.retrieval import RetrievalScorer
+from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.test_system import _tiny_args
+
+
+@pytest.fixture(scope="module")
+def data(tiny_root: Path) -> SyntheticDataModule:
+    return SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+
+
+def _old_fresh_reviewer_cmap(train_images, train_labels, test_images, test_labels, seed, batch):
+    """The protocol's privacy figure before the metrics package (torchmetrics' macro AP)."""
+    generator = torch.Generator().manual_seed(seed)
+    torch.manual_seed(seed)
+    reviewer = build_reviewer("resnet18", train_labels.shape[1])
+    optimizer = torch.optim.Adam(reviewer.parameters(), lr=1e-3)
+    loader = DataLoader(TensorDataset(train_images, train_labels), batch_size=batch, shuffle=True,
+                        drop_last=True, generator=generator)  # fmt: skip
+    reviewer.train()
+    for images, labels in loader:
+        loss = F.binary_cross_entropy_with_logits(reviewer(to_float(images)), labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    reviewer.eval()
+    metric = MultilabelAveragePrecision(test_labels.shape[1], average="macro")
+    with torch.no_grad():
+        metric.update(torch.sigmoid(reviewer(to_float(test_images))), test_labels.long())
+    return float(metric.compute())
+
+
+def test_raw_privacy_figure_is_unchanged_and_has_per_attribute_precision(data) -> None:
+    train_images, train_labels = stack_dataset(data.privacy_dataset("train"), "image", "attributes")
+    test_images, test_labels = stack_dataset(data.privacy_dataset("test"), "image", "attributes")
+    assert (test_labels.sum(0) > 0).all()  # every attribute has a positive: the policies agree
+    old = _old_fresh_reviewer_cmap(train_images, train_labels, test_images, test_labels, 0, 24)
+    new = fresh_reviewer_scores(
+        train_images, train_labels, test_images, test_labels, "resnet18", 1, 0, batch=24,
+        names=list(VISPR7),
+    )  # fmt: skip
+    assert new.cmap == pytest.approx(old, abs=1e-6)
+    assert list(new.attribute_precision) == list(VISPR7)
+    assert all(0.0 <= v <= 1.0 for v in new.attribute_precision.values())
+
+
+class _Scripted(BlackBoxMLLM):
+    """Gives the same answer to every request."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__()
+        self.text = text
+
+    def _answer(self, requests: list[Request]) -> list[Answer]:
+        return [Answer(self.text) for _ in requests]
+
+
+def test_utility_top1_counts_refusals_wrong_and_restores_the_stage(data) -> None:
+    clips, actions = stack_dataset(data.utility_dataset("test"), "clip", "action")
+    scorer = RetrievalScorer(data.class_names)
+    first = _Scripted(f"The person is {data.class_names[0]}.")
+    top1 = utility_top1(nn.Identity(), clips, actions, first, scorer, "What?", batch=5)
+    assert top1 == pytest.approx(float((actions == 0).float().mean()))
+    refusing = _Scripted("I'm sorry, I can't help with that.")
+    assert utility_top1(nn.Identity(), clips, actions, refusing, scorer, "What?") == 0.0
+    assert refusing.stage == "train" and refusing.stats.by_stage == {"test": len(clips)}
+
+
+class _PromptEcho(BlackBoxMLLM):
+    """Answers "tennis" when the question mentions a sport, and remembers the prompts."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.prompts: list[str] = []
+
+    def _answer(self, requests: list[Request]) -> list[Answer]:
+        self.prompts += [r.prompt for r in requests]
+        return [Answer("Tennis." if "sport" in r.prompt else "a dog") for r in requests]
+
+
+class _TinyVQA:
+    """The parts of a VQA data module the protocol reads."""
+
+    utility_task = "vqa"
+    attribute_names = ["a4_gender", "a17_color"]
+
+    def __init__(self) -> None:
+        g = torch.Generator().manual_seed(0)
+        self.vqa = [
+            {"image": torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g),
+             "question": q, "answers": answers}
+            for q, answers in [("Which sport is this?", ["tennis"] * 10),
+                               ("Which sport is played?", ["tennis"] * 2 + ["golf"] * 8),
+                               ("What animal is it?", ["cat"] * 10)]
+        ]  # fmt: skip
+        self.images = [
+            {"image": torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8, generator=g),
+             "attributes": torch.tensor([float(i % 2), float(i % 3 == 0)])}
+            for i in range(8)
+        ]  # fmt: skip
+
+    def utility_dataset(self, stage: str) -> list[dict]:
+        return self.vqa
+
+    def privacy_dataset(self, stage: str) -> list[dict]:
+        return self.images
+
+
+def test_vqa_data_get_vqa_accuracy() -> None:
+    mllm = _PromptEcho()
+    rows = evaluate({"raw": nn.Identity()}, _TinyVQA(), mllm, None,
+                    "{question} Answer with a single word.", "resnet18", 0)  # fmt: skip
+    # official rule: 10 matching humans → 1, 2 of 10 → 0.6, none → 0
+    assert rows[0].top1 == pytest.approx((1.0 + 0.6 + 0.0) / 3)
+    assert rows[0].utility_metric == "vqa_accuracy"
+    assert mllm.prompts[0] == "Which sport is this? Answer with a single word."
+    assert "| method | VQA accuracy (%) ↑ |" in format_table(rows)
+
+
+def test_results_files_stay_backward_compatible(tmp_path: Path) -> None:
+    old = tmp_path / "old.json"  # a results.json written before per-attribute precision existed
+    old_row = {"method": "raw", "top1": 1.0, "cmap": 0.81, "mllm_calls_per_sample": 0.0}
+    old.write_text(json.dumps({"rows": [old_row], "zo_steps": 100}))
+    rows, extra = read_results(old)
+    assert rows == [Row("raw", 1.0, 0.81)] and extra == {"zo_steps": 100}
+    new = tmp_path / "new.json"
+    row = Row("ours", 0.9, 0.7, 12.5, {"a4_gender": 0.6})
+    write_results([row], new, {"stage": "test"})
+    payload = json.loads(new.read_text())
+    assert {"method", "top1", "cmap", "mllm_calls_per_sample"} <= set(payload["rows"][0])
+    assert read_results(new) == ([row], {"stage": "test"})
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="rows"):
+        read_results(tmp_path / "bad.json")
+
+
+def _results(out: Path) -> dict:
+    files = list(out.rglob("results.json"))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+def _cli_args(root: Path, out: Path) -> list[str]:
+    """The tiny demo with a small anonymizer, logging to CSV only (an offline W&B run costs
+    seconds to start)."""
+    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}
+    small = ["--model.anonymizer_widths=[8, 16]", "--model.head_hidden=[8]"]
+    return [*_tiny_args(root, out), f"--trainer.logger={json.dumps([csv])}", *small]
+
+
+def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    # untrained fresh reviewers (epochs 0) keep this fast; the protocol's training is tested above
+    report = "--trainer.callbacks.init_args."
+    fit_args = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
+                "--model.recon_epochs=1", "--model.reviewer_epochs=0",
+                f"{report}reviewer_epochs=0", f"{report}baselines=[raw]"]  # fmt: skip
+    main(["fit", *_cli_args(tiny_root, tmp_path / "fit"), *fit_args])
+    assert [r["method"] for r in _results(tmp_path / "fit")["rows"]] == ["raw", "ours"]
+    (ckpt,) = (tmp_path / "fit").rglob("*.ckpt")
+
+    every = [f"{report}reviewer_epochs=0", f"{report}baselines=[all]",
+             f"{report}adversarial.steps=1", f"{report}adversarial.reviewer_warmup_steps=0",
+             f"{report}surrogate.epochs=1"]  # fmt: skip
+    main(["test", *_cli_args(tiny_root, tmp_path / "test"), f"--ckpt_path={ckpt}", *every])
+    payload = _results(tmp_path / "test")
+    assert [r["method"] for r in payload["rows"]] == [
+        "raw", "downsample 2x", "downsample 4x", "downsample 8x", "blacken", "blur_strong",
+        "blur_weak", "surrogate", "whitebox", "ours",
+    ]  # fmt: skip
+    assert payload["stage"] == "test" and payload["checkpoint"] == str(ckpt)
+    for row in payload["rows"]:
+        assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["cmap"] <= 1.0
+        assert list(row["attribute_precision"]) == list(VISPR7)
+        assert row["mllm_calls_per_sample"] == 0.0  # the fit made no zeroth-order step
+
+    # no checkpoint: nothing trained to call "ours", so only the comparisons are evaluated
+    bare = [f"{report}reviewer_epochs=0", f"{report}baselines=[raw]"]
+    main(["test", *_cli_args(tiny_root, tmp_path / "bare"), *bare])
+    payload = _results(tmp_path / "bare")
+    assert [r["method"] for r in payload["rows"]] == ["raw"] and payload["checkpoint"] is None
+
+
+def test_unknown_baseline_is_refused() -> None:
+    from privacy_lit.callbacks import PrivacyUtilityReport
+
+    with pytest.raises(ValueError, match="valid: all, raw"):
+        PrivacyUtilityReport(baselines=["raw", "pixelate"])
+    report = PrivacyUtilityReport(baselines=["all", "raw"])
+    assert report.comparisons[0] == "raw" and report.comparisons[-1] == "whitebox"
+    assert PrivacyUtilityReport(downsample_factors=[2, 8]).comparisons == [
+        "raw", "downsample2", "downsample8",
+    ]  # fmt: skip

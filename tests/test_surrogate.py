@@ -1,0 +1,150 @@
+"""The gradient-based comparisons: a surrogate recognizer trained on raw clips, and the adversarial
+anonymizer training against it (Tab. 1–4) or against the stand-in's own model (Tab. B7).
+
+The loss-reduction tests use a small frozen (white-box) or trainable (surrogate) linear probe and
+a small reviewer, so that they measure the training, fast, not the quality of a tiny recognizer.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from torch import Tensor, nn
+from torch.nn import functional as F
+
+from privacy_lit.baselines.surrogate import (
+    AdversarialConfig,
+    SurrogateConfig,
+    clips_to_recognizer,
+    train_adversarial_anonymizer,
+    train_recognizer_on_raw,
+    train_surrogate_anonymizer,
+    train_whitebox_anonymizer,
+)
+from privacy_lit.data.synthetic import SyntheticDataModule
+from privacy_lit.evaluation import stack_dataset
+from privacy_lit.mllm.standin import EmbeddedActionMLLM
+from privacy_lit.models.anonymizer import Anonymizer, to_float
+from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+
+SMALL = {"anonymizer_widths": (8, 16), "head_hidden": (8,)}
+FAST = AdversarialConfig(steps=6, batch_size=6, privacy_batch_size=4, lr=3e-2, utility_lr=1e-2,
+                         privacy_weight=0.0, reviewer_warmup_steps=0)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def data(tiny_root: Path) -> SyntheticDataModule:
+    return SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+
+
+@pytest.fixture(scope="module")
+def train(data: SyntheticDataModule) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    clips, actions = stack_dataset(data.utility_dataset("train"), "clip", "action")
+    images, attributes = stack_dataset(data.privacy_dataset("train"), "image", "attributes")
+    return clips, actions, images, attributes
+
+
+@torch.no_grad()
+def _utility_ce(anonymizer: nn.Module, model: nn.Module, clips: Tensor, actions: Tensor) -> float:
+    model.eval()
+    frames = anonymizer(to_float(clips.flatten(0, 1)))
+    return float(F.cross_entropy(model(clips_to_recognizer(frames, len(clips))), actions))
+
+
+def _anonymizer() -> Anonymizer:
+    torch.manual_seed(0)
+    return Anonymizer(SMALL["anonymizer_widths"], SMALL["head_hidden"])
+
+
+def _probe() -> nn.Module:
+    """Clips → action logits from a 4 × 4 grid of mean colours: the anonymizer can move them."""
+    torch.manual_seed(0)
+    probe = nn.Sequential(nn.AdaptiveAvgPool3d((1, 4, 4)), nn.Flatten(), nn.Linear(48, 8))
+    with torch.no_grad():
+        probe[2].weight.mul_(10)  # confident and wrong at the start: a loss to bring down
+    return probe
+
+
+def _small_reviewer() -> nn.Module:
+    return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 7))
+
+
+def test_surrogate_recognizer_learns_raw_clips_from_its_own_seed(train) -> None:
+    clips, actions = train[:2]
+    config = SurrogateConfig(epochs=2, width=8, batch_size=12, lr=1e-2)
+    untrained = train_recognizer_on_raw(clips, actions, 8, SurrogateConfig(epochs=0, width=8))
+    rng = torch.get_rng_state()
+    model = train_recognizer_on_raw(clips, actions, 8, config)
+    assert torch.equal(torch.get_rng_state(), rng)  # seeded in a fork: global state untouched
+    identity = nn.Identity()
+    ce, ce_untrained = (_utility_ce(identity, m, clips, actions) for m in (model, untrained))
+    assert ce < ce_untrained  # the same initialization (same seed), then trained
+    assert model.classifier.in_features == 4 * 8 and not model.training
+
+
+def test_whitebox_training_reduces_the_frozen_models_loss_and_leaves_it_untouched(train) -> None:
+    clips, actions, images, attributes = train
+    model = _probe().requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    anonymizer = _anonymizer()
+    start = _utility_ce(anonymizer, model, clips, actions)
+    result = train_adversarial_anonymizer(
+        clips, actions, images, attributes, model, False, _small_reviewer(), FAST, anonymizer
+    )
+    assert result.anonymizer is anonymizer and not anonymizer.training
+    assert _utility_ce(anonymizer, model, clips, actions) < 0.8 * start
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert len(result.history["utility_loss"]) == FAST.steps
+
+
+def test_surrogate_training_reduces_its_utility_loss(train) -> None:
+    clips, actions, images, attributes = train
+    surrogate = _probe()
+    before = surrogate[2].weight.clone()
+    anonymizer = _anonymizer()
+    start = _utility_ce(anonymizer, surrogate, clips, actions)
+    train_adversarial_anonymizer(
+        clips, actions, images, attributes, surrogate, True, _small_reviewer(), FAST, anonymizer
+    )
+    assert _utility_ce(anonymizer, surrogate, clips, actions) < 0.8 * start
+    assert not torch.equal(surrogate[2].weight, before)  # SPAct: the surrogate adapts as well
+
+
+def test_whitebox_on_the_standin_leaves_the_black_box_untouched(tiny_root: Path, data) -> None:
+    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    recognizer = backend.recognizer
+    before = {k: v.clone() for k, v in recognizer.state_dict().items()}
+    config = AdversarialConfig(steps=2, batch_size=2, privacy_batch_size=4,
+                               reviewer_warmup_steps=1)  # fmt: skip
+    result = train_whitebox_anonymizer(data, recognizer, _small_reviewer(), config, **SMALL)
+    after = recognizer.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not recognizer.training and not any(p.requires_grad for p in recognizer.parameters())
+    assert isinstance(result.anonymizer, Anonymizer) and result.utility_model is recognizer
+    with pytest.raises(ValueError, match="frozen"):
+        train_whitebox_anonymizer(data, nn.Linear(2, 2))
+
+
+def test_surrogate_anonymizer_is_a_working_seeded_anonymizer(data) -> None:
+    config = AdversarialConfig(steps=2, batch_size=2, privacy_batch_size=4, lr=1e-2,
+                               reviewer_warmup_steps=1)  # fmt: skip
+    surrogate = SurrogateConfig(epochs=1, batch_size=12)
+    torch.manual_seed(0)
+    reviewers = [_small_reviewer() for _ in range(2)]
+    reviewers[1].load_state_dict(reviewers[0].state_dict())
+    rng = torch.get_rng_state()
+    runs = [
+        train_surrogate_anonymizer(data, reviewer, config, surrogate, progress=print, **SMALL)
+        for reviewer in reviewers
+    ]
+    assert torch.equal(torch.get_rng_state(), rng)
+    first, second = (r.anonymizer.state_dict() for r in runs)
+    assert all(torch.equal(first[k], second[k]) for k in first)  # seeded: the same anonymizer
+    x = torch.rand(3, 3, 64, 64)
+    y = runs[0].anonymizer(x)
+    assert y.shape == x.shape and 0 <= float(y.min()) and float(y.max()) <= 1
+    assert not torch.allclose(y, x, atol=1e-3)  # it was trained: no longer the identity
+    assert set(runs[0].history) == {"utility_loss", "privacy_loss", "reviewer_bce"}
