@@ -63,6 +63,7 @@ def test_sweep_file_is_a_standard_wandb_grid(path: Path) -> None:
     assert raw["method"] == "grid"
     assert raw["command"] == [
         "${env}", "${interpreter}", "-m", "privacy_lit", "fit", "--config", "conf/demo.yaml",
+        "--trainer.callbacks.init_args.baselines=[raw,downsample4]",  # not every run: all rows
         "${args}",
     ]  # fmt: skip
     assert all("values" in spec for spec in raw["parameters"].values())
