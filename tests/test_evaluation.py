@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 from torchmetrics.classification import MultilabelAveragePrecision
 
+from privacy_lit.analysis.pareto import read_metrics
 from privacy_lit.cli import main
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.data.vispr import VISPR7
@@ -187,7 +188,13 @@ def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
                 "--model.recon_epochs=1", "--model.reviewer_epochs=0",
                 f"{report}reviewer_epochs=0", f"{report}baselines=[raw]"]  # fmt: skip
     main(["fit", *_cli_args(tiny_root, tmp_path / "fit"), *fit_args])
-    assert [r["method"] for r in _results(tmp_path / "fit")["rows"]] == ["raw", "ours"]
+    fitted = _results(tmp_path / "fit")["rows"]
+    assert [r["method"] for r in fitted] == ["raw", "ours"]
+    (metrics_csv,) = (tmp_path / "fit").rglob("metrics.csv")
+    logged = [r for r in read_metrics(metrics_csv) if "results/ours/cmap" in r]
+    assert len(logged) == 1  # the table went to the loggers too (W&B summary, CSV)
+    assert logged[0]["results/ours/cmap"] == pytest.approx(fitted[1]["cmap"])
+    assert logged[0]["results/raw/top1"] == pytest.approx(fitted[0]["top1"])
     (ckpt,) = (tmp_path / "fit").rglob("*.ckpt")
 
     every = [f"{report}reviewer_epochs=0", f"{report}baselines=[all]",

@@ -24,7 +24,13 @@ from privacy_lit.baselines.surrogate import (
     train_surrogate_anonymizer,
     train_whitebox_anonymizer,
 )
-from privacy_lit.evaluation import evaluate, format_precision_table, format_table, write_results
+from privacy_lit.evaluation import (
+    Row,
+    evaluate,
+    format_precision_table,
+    format_table,
+    write_results,
+)
 
 TRAINED_COMPARISONS: tuple[str, ...] = ("surrogate", "whitebox")
 """Comparison methods that train an anonymizer first (:mod:`privacy_lit.baselines.surrogate`)."""
@@ -38,6 +44,18 @@ def method_name(name: str) -> str:
     if name.startswith("downsample"):
         return f"downsample {name.removeprefix('downsample')}x"
     return name
+
+
+def results_metrics(rows: list[Row]) -> dict[str, float]:
+    """The rows as flat metrics, ``results/<method>/top1|cmap|calls_per_sample`` (spaces in a
+    method's name become ``_``): what the loggers get, so that a W&B run's summary holds the
+    table (:func:`privacy_lit.analysis.pareto.load_wandb_runs` reads ``results/ours/*``)."""
+    metrics = {}
+    for row in rows:
+        key = f"results/{row.method.replace(' ', '_')}"
+        metrics |= {f"{key}/top1": row.top1, f"{key}/cmap": row.cmap,
+                    f"{key}/calls_per_sample": row.mllm_calls_per_sample}  # fmt: skip
+    return metrics
 
 
 def expand_baselines(names: list[str]) -> list[str]:
@@ -155,6 +173,9 @@ class PrivacyUtilityReport(L.Callback):
             "reviewer_epochs": self.reviewer_epochs,
         }
         write_results(rows, out, extra)
+        for logger in trainer.loggers:  # finalized already, but W&B and CSV still take rows
+            logger.log_metrics(results_metrics(rows), step=trainer.global_step)
+            logger.save()
         table = format_table(rows)
         if precision := format_precision_table(rows):
             table += f"\n\nper-attribute precision (%) ↓ (Tab. B11):\n{precision}"
