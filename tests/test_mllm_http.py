@@ -65,9 +65,13 @@ def echoed(text: str) -> str:
 
 
 # ----------------------------------------------------------------------------- transport
-def test_answers_come_back_in_request_order_each_counted_once(make_backend) -> None:
+TRANSPORTS = pytest.mark.parametrize("http_client", ["aiohttp", "httpx"])
+
+
+@TRANSPORTS
+def test_answers_come_back_in_request_order_each_counted_once(make_backend, http_client) -> None:
     with LoopbackServer(latency_s=0.005, jitter_s=0.03, seed=1) as server:
-        backend = make_backend(server, concurrency=8)
+        backend = make_backend(server, concurrency=8, http_client=http_client)
         requests = images(32)
         answers = backend.answer(requests)
         assert [echoed(a.text) for a in answers] == [r.prompt for r in requests]
@@ -78,11 +82,14 @@ def test_answers_come_back_in_request_order_each_counted_once(make_backend) -> N
         assert backend.stats.by_stage == {"train": 32} and backend.retries == 0
 
 
-def test_retries_survive_rate_limits_server_errors_drops_and_timeouts(make_backend) -> None:
+@TRANSPORTS
+def test_retries_survive_rate_limits_server_errors_drops_and_timeouts(
+    make_backend, http_client
+) -> None:
     script = ["429", "500", "drop", "hang", "503"]
     rates = {"429": 0.15, "500": 0.1, "drop": 0.1}
     with LoopbackServer(script=script, rates=rates, hang_s=0.6, seed=3) as server:
-        backend = make_backend(server, timeout_s=0.3)
+        backend = make_backend(server, timeout_s=0.3, http_client=http_client)
         requests = images(40)
         answers = backend.answer(requests)
         server.wait_idle()
@@ -94,15 +101,21 @@ def test_retries_survive_rate_limits_server_errors_drops_and_timeouts(make_backe
         assert backend.stats.prompt_tokens == server.prompt_tokens
 
 
+@TRANSPORTS
 @pytest.mark.parametrize(
     ("fault", "reason"),
-    [("500", "HTTP 500"), ("drop", "connection error"), ("429", "HTTP 429")],
+    [
+        ("500", "HTTP 500"),
+        ("drop", "connection error"),
+        ("429", "HTTP 429"),
+        ("hang", "timed out after 0.3 s"),
+    ],
 )
 def test_a_request_failing_every_attempt_is_named_with_its_last_status(
-    make_backend, fault: str, reason: str
+    make_backend, fault: str, reason: str, http_client: str
 ) -> None:
-    with LoopbackServer(rule=lambda text: fault if text == "q3" else None) as server:
-        backend = make_backend(server, max_retries=2)
+    with LoopbackServer(rule=lambda text: fault if text == "q3" else None, hang_s=0.5) as server:
+        backend = make_backend(server, max_retries=2, timeout_s=0.3, http_client=http_client)
         with pytest.raises(BatchError, match=rf"1 of 6 requests failed: request 3: .*{reason}"):
             backend.answer(images(6))
         server.wait_idle()
@@ -403,6 +416,9 @@ def test_bench_mllm_reports_throughput_and_overhead(tmp_path: Path) -> None:
     assert {
         "sequential_rps", "concurrent_rps", "speedup", "overhead_ms_per_query",
         "overhead_pct_of_latency", "client_cpu_ms_per_query", "server_answered",
+        "framework_cpu_ms_per_query", "cpu_ratio_aiohttp_to_httpx",
     } <= set(result)  # fmt: skip
-    assert result["server_answered"] == 2 * (6 + 1)  # both modes, each with one warm-up
+    assert set(result["transports"]) == {"aiohttp", "httpx"}
+    assert result["server_answered"] == 2 * 2 * (6 + 1)  # 2 transports × 2 modes, + warm-ups
+    assert 0 < result["framework_cpu_ms_per_query"] < 1000
     assert json.loads(out.read_text())["requests"] == 6
