@@ -68,7 +68,8 @@ def _mask(shape: tuple[int, int], boxes: np.ndarray) -> torch.Tensor:
     return mask
 
 
-def test_haar_is_the_default_detector() -> None:
+def test_haar_is_the_default_detector(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))  # no cached COCO weights
     assert cv2.__version__.startswith("4.")  # pinned: OpenCV 5 has no Haar cascades
     for name in ("blacken", "blur_strong", "blur_weak"):
         detector = build_baseline(name).detector
@@ -205,6 +206,28 @@ def test_torchvision_detector_filters_and_loads_local_weights(tmp_path: Path) ->
         TorchvisionDetector.from_weights("fasterrcnn_resnet50_fpn", tmp_path / "missing.pth")
     with pytest.raises(ValueError, match="no model"):
         TorchvisionDetector.from_weights("yolo", weights)
+
+
+def test_cached_coco_weights_add_persons_to_the_default(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    from privacy_lit.baselines import obfuscation
+
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    weights = obfuscation.cached_coco_detector_weights()
+    assert weights.parent == tmp_path / "checkpoints" and weights.suffix == ".pth"
+    loaded = []
+
+    def from_weights(arch: str, path: Path) -> TorchvisionDetector:
+        loaded.append((arch, path))
+        return TorchvisionDetector(_FakeTorchvisionModel())
+
+    monkeypatch.setattr(TorchvisionDetector, "from_weights", from_weights)
+    weights.parent.mkdir()
+    weights.touch()  # what torchvision leaves after a download (or a copy from another machine)
+    detector = build_baseline("blacken").detector
+    assert isinstance(detector, UnionDetector) and loaded == [("fasterrcnn_resnet50_fpn", weights)]
+    assert [type(d) for d in detector.detectors] == [HaarCascadeDetector, TorchvisionDetector]
 
 
 def test_opencv_detectors_fail_clearly_without_opencv4(
