@@ -22,6 +22,7 @@ from privacy_lit.analysis.pareto import (
     non_dominated,
     read_metrics,
     run_parameters,
+    swept_parameters,
     tradeoff_curve,
     variance_curve,
 )
@@ -177,6 +178,17 @@ def test_tradeoff_curve_per_scalarization(runs: Path) -> None:
     assert averaged.label == "history/version_0, spsa/version_0"
 
 
+def test_swept_parameters_are_the_numbers_that_vary(runs: Path) -> None:
+    assert swept_parameters(load_results(runs)) == ["model.lambda_utility"]  # not λ₂, flags, text
+
+    def point(**parameters: object) -> Point:
+        return Point("run", "ours", 0.9, 0.7, parameters=parameters)
+
+    points = [point(**{"model.gamma": g, "model.history_size": 10, "seed": 0}) for g in (0, 0.5)]
+    assert swept_parameters([*points, point(**{"model.gamma": 1})]) == ["model.gamma"]
+    assert swept_parameters(points, method="raw") == []
+
+
 def test_flatten_parameters_expands_coupled_mappings() -> None:
     assert flatten_parameters({"model": "{use_history: false}", "model.b": 0.3}) == {
         "model.use_history": False, "model.b": 0.3,
@@ -229,4 +241,5 @@ def test_notebook_runs_end_to_end(runs: Path, tmp_path: Path, monkeypatch: pytes
     assert "24 points from 8 runs" in text and "hypervolume" in text
     assert {p.name for p in figures.iterdir()} == {
         "pareto_front.png", "lambda_tradeoff.png", "gradient_variance.png",
+        "sweep_model.lambda_utility.png",
     }  # fmt: skip

@@ -306,6 +306,24 @@ def tradeoff_curve(
     return curves
 
 
+def swept_parameters(
+    points: Iterable[Point],
+    method: str = "ours",
+    exclude: Sequence[str] = ("model.lambda_privacy",),
+) -> list[str]:
+    """The numeric parameters that take more than one value among ``method``'s points (what a
+    sweep varied: γ, b, m, d, λ₁ …), sorted. Flags (booleans) and text are left out, and so is
+    ``exclude`` (λ₂, which the sweep files tie to 1 − λ₁)."""
+    values: dict[str, set[float]] = defaultdict(set)
+    for p in points:
+        if p.method != method:
+            continue
+        for name, value in p.parameters.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool):
+                values[name].add(float(value))
+    return sorted(name for name, seen in values.items() if len(seen) > 1 and name not in exclude)
+
+
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """The rows of a Lightning ``metrics.csv`` with the empty cells left out (each logging call
     fills only its own columns)."""
