@@ -274,6 +274,7 @@ def _run_in_process(args: list[str]) -> str | None:
 def _child(argv: list[str]) -> int:
     """Subprocess entry: run the CLI, then write the trainer's log directory to ``argv[0]``."""
     report, args = Path(argv[0]), argv[1:]
+    sys.argv = sys.argv[:1]  # the arguments go to the CLI as ``args``, not through sys.argv too
     log_dir = _run_in_process(args)
     report.write_text(json.dumps({"log_dir": log_dir}))
     return 0
