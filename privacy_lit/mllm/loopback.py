@@ -172,16 +172,16 @@ class LoopbackServer:
                     return action
             return "ok"
 
-    def _leave(
+    def _book(
         self,
         action: str,
         usage: tuple[int, int] | None = None,
         images: Sequence[tuple[str, Any]] = (),
     ) -> None:
         """Book a request's outcome. Handlers call this *before* writing the reply: a client
-        that reads the reply and then checks the counters must find its request there."""
+        that reads the reply and then checks the counters must find its request there. The
+        request stays in flight until :meth:`_settle`, after the write."""
         with self._lock:
-            self.in_flight -= 1
             if usage is None:
                 self.faults[action] += 1
             else:
@@ -190,6 +190,12 @@ class LoopbackServer:
                 self.completion_tokens += usage[1]
                 self.image_counts.append(len(images))
                 self.image_types.update(kind for kind, _ in images)
+
+    def _settle(self) -> None:
+        """The request's reply is written (or the connection closed): no longer in flight, so
+        :meth:`wait_idle` returns only when no booking can change any more."""
+        with self._lock:
+            self.in_flight -= 1
 
     def _retract(self, usage: tuple[int, int], images: Sequence[tuple[str, Any]]) -> None:
         """Undo an answer's booking when the client hung up before the reply went out."""
@@ -234,42 +240,50 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": f"bad request: {error}"}})
             return
         action = server._arrive(text)
-        with server._lock:
-            server.authorizations.add(self.headers.get("Authorization", ""))
-        if action == "ok":
-            time.sleep(server._delay())
-            content = _echo(text, images)
-            usage = (math.ceil(len(text) / 4) + IMAGE_TOKENS * len(images), len(content.split()))
-            reply = _completion(request.get("model", "loopback"), content, usage)
-            server._leave(action, usage, images)
-            try:
-                self._send_json(200, reply)
-            except OSError:  # the client gave up: not answered
-                server._retract(usage, images)
-            return
-        if action in ("drop", "hang"):
-            if action == "hang":
-                time.sleep(server.hang_s)
-            server._leave(action)
-            self.close_connection = True
-            try:
-                self.connection.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
-            return
-        if action == "garbage":
-            server._leave(action)
-            self._send_json(200, {"unexpected": True})
-            return
         try:
-            status = int(_check_action(action))
-        except ValueError as error:  # a rule's typo: say so instead of killing the handler
-            status, action = 500, f"invalid action {action!r}"
-            server._leave(action)
-            self._send_json(status, {"error": {"message": str(error), "type": "loopback"}})
-            return
-        server._leave(action)
-        self._send_json(status, {"error": {"message": f"injected {status}", "type": "loopback"}})
+            with server._lock:
+                server.authorizations.add(self.headers.get("Authorization", ""))
+            if action == "ok":
+                time.sleep(server._delay())
+                content = _echo(text, images)
+                usage = (
+                    math.ceil(len(text) / 4) + IMAGE_TOKENS * len(images),
+                    len(content.split()),
+                )
+                reply = _completion(request.get("model", "loopback"), content, usage)
+                server._book(action, usage, images)
+                try:
+                    self._send_json(200, reply)
+                except OSError:  # the client gave up: not answered
+                    server._retract(usage, images)
+                return
+            if action in ("drop", "hang"):
+                if action == "hang":
+                    time.sleep(server.hang_s)
+                server._book(action)
+                self.close_connection = True
+                try:
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                return
+            if action == "garbage":
+                server._book(action)
+                self._send_json(200, {"unexpected": True})
+                return
+            try:
+                status = int(_check_action(action))
+            except ValueError as error:  # a rule's typo: say so instead of killing the handler
+                status, action = 500, f"invalid action {action!r}"
+                server._book(action)
+                self._send_json(status, {"error": {"message": str(error), "type": "loopback"}})
+                return
+            server._book(action)
+            self._send_json(
+                status, {"error": {"message": f"injected {status}", "type": "loopback"}}
+            )
+        finally:
+            server._settle()
 
     def _send_json(self, status: int, payload: dict[str, Any]) -> None:
         data = json.dumps(payload).encode()
