@@ -73,11 +73,19 @@ def _apply(anonymizer: nn.Module, frames: Tensor, batch: int = 256) -> Tensor:
     return torch.cat([anonymize_pixels(anonymizer, chunk) for chunk in frames.split(batch)])
 
 
-def stack_dataset(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
-    """Every sample's ``key`` and ``label`` tensors, stacked (the benchmarks fit in memory)."""
+def all_samples(dataset: Dataset) -> list[dict]:
+    """Every sample of ``dataset``; an empty one is refused, naming it (and its folder)."""
     items = [dataset[i] for i in range(len(dataset))]
     if not items:
-        raise ValueError(f"{type(dataset).__name__} is empty: nothing to evaluate")
+        where = getattr(dataset, "root", None)
+        name = type(dataset).__name__ + ("" if where is None else f" at {where}")
+        raise ValueError(f"{name} is empty: nothing to evaluate")
+    return items
+
+
+def stack_dataset(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
+    """Every sample's ``key`` and ``label`` tensors, stacked (the benchmarks fit in memory)."""
+    items = all_samples(dataset)
     return torch.stack([it[key] for it in items]), torch.stack([it[label] for it in items])
 
 
@@ -182,6 +190,7 @@ def evaluate(
     seed: int = 0,
     calls_per_sample: dict[str, float] | None = None,
     progress: Callable[[str], None] = print,
+    on_row: Callable[[list[Row]], None] | None = None,
 ) -> list[Row]:
     """Run the protocol for every anonymizer; returns one :class:`Row` each.
 
@@ -192,7 +201,7 @@ def evaluate(
     """
     task, utility_data = _utility_test_data(datamodule)
     if task == "vqa":
-        items = [utility_data[i] for i in range(len(utility_data))]
+        items = all_samples(utility_data)
         images = torch.stack([it["image"] for it in items])
         questions = [it["question"] for it in items]
         answers = [it["answers"] for it in items]
@@ -226,6 +235,8 @@ def evaluate(
         rows.append(Row(name, score, privacy.cmap, calls, privacy.attribute_precision, metric))
         label = "VQA accuracy" if task == "vqa" else "top-1"
         progress(f"evaluated {name}: {label} {100 * score:.1f}, cMAP {100 * privacy.cmap:.1f}")
+        if on_row is not None:
+            on_row(rows)
     return rows
 
 
@@ -237,16 +248,19 @@ def utility_header(rows: Sequence[Row]) -> str:
     return "top-1 (%) ↑" if metrics <= {"top1"} else "top-1 / VQA acc. (%) ↑"
 
 
-def format_table(rows: list[Row]) -> str:
-    """A Markdown table in the paper's style (utility ↑, privacy ↓, black-box calls per sample)."""
+def format_table(rows: Sequence[Row], extra: tuple[str, Sequence[str]] | None = None) -> str:
+    """A Markdown table in the paper's style (utility ↑, privacy ↓, black-box calls per sample),
+    with an optional last column ``(title, one cell per row)``."""
+    title, cells = extra if extra is not None else ("", [""] * len(rows))
+    tail, rule = (f" {title} |", "---|") if extra is not None else ("", "")
     lines = [
-        f"| method | {utility_header(rows)} | cMAP (%) ↓ | MLLM calls / sample |",
-        "|---|---:|---:|---:|",
+        f"| method | {utility_header(rows)} | cMAP (%) ↓ | MLLM calls / sample |{tail}",
+        f"|---|---:|---:|---:|{rule}",
     ]
-    for r in rows:
+    for r, cell in zip(rows, cells, strict=True):
         lines.append(
             f"| {r.method} | {100 * r.top1:.1f} | {100 * r.cmap:.1f} "
-            f"| {r.mllm_calls_per_sample:.1f} |"
+            f"| {r.mllm_calls_per_sample:.1f} |" + (f" {cell} |" if extra is not None else "")
         )
     return "\n".join(lines)
 
@@ -278,14 +292,22 @@ def read_results(path: Path) -> tuple[list[Row], dict]:
     """Rows and the other top-level entries of a results file written by :func:`write_results`."""
     try:
         payload = json.loads(Path(path).read_text())
-    except json.JSONDecodeError as err:
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise ValueError(f"{path}: not a JSON results file ({err})") from err
     if not isinstance(payload, dict) or not isinstance(payload.get("rows"), list):
         raise ValueError(f"{path}: expected a results file with a 'rows' list")
     rows = []
     for i, row in enumerate(payload["rows"]):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}: row {i} is {row!r}, expected an object")
         missing = {"method", "top1", "cmap"} - set(row)
         if missing:
             raise ValueError(f"{path}: row {i} lacks {sorted(missing)}")
+        for key in ("top1", "cmap", "mllm_calls_per_sample"):
+            value = row.get(key, 0.0)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ValueError(
+                    f"{path}: row {i} ({row['method']}): {key} must be a number, got {value!r}"
+                )
         rows.append(Row.from_dict(row))
     return rows, {k: v for k, v in payload.items() if k != "rows"}

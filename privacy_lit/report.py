@@ -28,7 +28,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from privacy_lit.analysis.pareto import Point
-from privacy_lit.evaluation import Row, format_precision_table, read_results, utility_header
+from privacy_lit.evaluation import Row, format_precision_table, format_table, read_results
 
 
 def find_results(paths: Sequence[str | Path], filename: str = "results.json") -> list[Path]:
@@ -55,7 +55,10 @@ def _printed_point(row: Row) -> Point:
 
 def dominates(a: Row, b: Row) -> bool:
     """Whether ``a`` is at least as good as ``b`` on top-1 (↑) and cMAP (↓) and better on one, at
-    the printed precision."""
+    the printed precision. Rows scored with different utility metrics (top-1 vs VQA accuracy:
+    different benchmarks) are not compared."""
+    if a.utility_metric != b.utility_metric:
+        return False
     return _printed_point(a).dominates(_printed_point(b))
 
 
@@ -96,16 +99,8 @@ def _source_labels(paths: Sequence[Path]) -> list[str]:
 
 def format_report(rows: Sequence[Row]) -> str:
     """The Markdown table with the "dominated by" column (— for rows on the Pareto front)."""
-    lines = [
-        f"| method | {utility_header(rows)} | cMAP (%) ↓ | MLLM calls / sample | dominated by |",
-        "|---|---:|---:|---:|---|",
-    ]
-    for row, by in zip(rows, dominated_by(rows), strict=True):
-        lines.append(
-            f"| {row.method} | {100 * row.top1:.1f} | {100 * row.cmap:.1f} "
-            f"| {row.mllm_calls_per_sample:.1f} | {', '.join(by) if by else '—'} |"
-        )
-    return "\n".join(lines)
+    cells = [", ".join(by) if by else "—" for by in dominated_by(rows)]
+    return format_table(rows, ("dominated by", cells))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -206,7 +206,7 @@ def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
         "raw", "downsample 2x", "downsample 4x", "downsample 8x", "blacken", "blur_strong",
         "blur_weak", "surrogate", "whitebox", "ours",
     ]  # fmt: skip
-    assert payload["stage"] == "test" and payload["checkpoint"] == str(ckpt)
+    assert payload["stage"] == "test" and payload["checkpoint"] == str(ckpt) and payload["complete"]
     for row in payload["rows"]:
         assert 0.0 <= row["top1"] <= 1.0 and 0.0 <= row["cmap"] <= 1.0
         assert list(row["attribute_precision"]) == list(VISPR7)
@@ -229,3 +229,35 @@ def test_unknown_baseline_is_refused() -> None:
     assert PrivacyUtilityReport(downsample_factors=[2, 8]).comparisons == [
         "raw", "downsample2", "downsample8",
     ]  # fmt: skip
+
+
+def test_a_comparison_the_run_cannot_have_is_refused_before_training() -> None:
+    from types import SimpleNamespace
+
+    from privacy_lit.callbacks import PrivacyUtilityReport
+
+    action_data = SimpleNamespace(utility_task="action", class_names=["a", "b"])
+    remote = SimpleNamespace(mllm=SimpleNamespace(backend=object()))  # a cached remote API
+    report = PrivacyUtilityReport(baselines=["raw", "whitebox"])
+    with pytest.raises(ValueError, match="'whitebox' needs the black box's own"):
+        report.setup(SimpleNamespace(datamodule=action_data), remote, "fit")
+    vqa_data = SimpleNamespace(utility_task="vqa", class_names=[])
+    with pytest.raises(ValueError, match="'surrogate' trains against an action recognizer"):
+        PrivacyUtilityReport(baselines=["surrogate"]).setup(
+            SimpleNamespace(datamodule=vqa_data), remote, "fit"
+        )
+    PrivacyUtilityReport(baselines=["raw", "blur_strong"]).setup(
+        SimpleNamespace(datamodule=vqa_data), remote, "fit"
+    )  # heuristic rows need nothing
+
+    # the white-box rows need the stand-in's recognizer to predict the data's labels, in order
+    class StandIn:
+        recognizer = None
+        classes = ["x", "y"]
+        phrases = {"x": "b", "y": "a"}  # class id → name: predicts ["b", "a"]
+
+    standin = SimpleNamespace(mllm=SimpleNamespace(backend=StandIn()))
+    with pytest.raises(ValueError, match=r"predicts \['b', 'a'\].*order matters"):
+        report.setup(SimpleNamespace(datamodule=action_data), standin, "fit")
+    StandIn.phrases = {"x": "a", "y": "b"}
+    report.setup(SimpleNamespace(datamodule=action_data), standin, "fit")

@@ -86,3 +86,19 @@ def test_main_reports_bad_input(tmp_path: Path, capsys: pytest.CaptureFixture[st
     (tmp_path / "bad.json").write_text(json.dumps({"rows": [{"method": "raw"}]}))
     assert main([str(tmp_path / "bad.json")]) == 2
     assert "lacks ['cmap', 'top1']" in capsys.readouterr().err
+    for rows, expected in [
+        ([3], "row 0 is 3, expected an object"),
+        ([{"method": "raw", "top1": "0.9", "cmap": 0.8}], "row 0 (raw): top1 must be a number"),
+    ]:
+        (tmp_path / "bad.json").write_text(json.dumps({"rows": rows}))
+        assert main([str(tmp_path / "bad.json")]) == 2
+        assert f"bad.json: {expected}" in capsys.readouterr().err
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe\x00")
+    assert main([str(tmp_path / "binary.json")]) == 2
+    assert "not a JSON results file" in capsys.readouterr().err
+
+
+def test_rows_of_different_utility_metrics_are_not_compared() -> None:
+    action = Row("ours (hmdb)", 0.9, 0.5)
+    vqa = Row("raw (okvqa)", 0.95, 0.4, utility_metric="vqa_accuracy")
+    assert not dominates(vqa, action) and dominated_by([action, vqa]) == [[], []]

@@ -94,7 +94,10 @@ class AdversarialConfig:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.steps < 0 or self.reviewer_warmup_steps < 0:
-            raise ValueError("steps and reviewer_warmup_steps must be >= 0")
+            raise ValueError(
+                f"steps and reviewer_warmup_steps must be >= 0, got {self.steps} and "
+                f"{self.reviewer_warmup_steps}"
+            )
         if self.privacy_weight < 0:
             raise ValueError(f"privacy_weight must be >= 0, got {self.privacy_weight}")
 
@@ -116,6 +119,13 @@ class SurrogateConfig:
     lr: float = 3e-3
     batch_size: int = 16
     seed: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("width", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.epochs < 0:
+            raise ValueError(f"epochs must be >= 0 (0: untrained), got {self.epochs}")
 
 
 HISTORY_KEYS = ("utility_loss", "privacy_loss", "reviewer_bce")
@@ -213,7 +223,10 @@ def train_adversarial_anonymizer(
     """
     config = config or AdversarialConfig()
     if len(clips) != len(actions) or len(images) != len(attributes):
-        raise ValueError("clips/actions and images/attributes must have matching lengths")
+        raise ValueError(
+            f"clips/actions and images/attributes must have matching lengths, got "
+            f"{len(clips)}/{len(actions)} and {len(images)}/{len(attributes)}"
+        )
     with torch.random.fork_rng():
         torch.manual_seed(config.seed)
         generator = torch.Generator().manual_seed(config.seed)
@@ -271,7 +284,8 @@ def train_adversarial_anonymizer(
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-            # the adversaries' steps on what the updated anonymizer produces
+            # the adversaries' steps: the reviewer on what the updated anonymizer produces, the
+            # surrogate on this step's clips (as anonymized before the update: no second pass)
             with torch.no_grad():
                 x_img = anonymizer(to_float(images[pidx]))
             bce = reviewer_step(x_img, attributes[pidx])

@@ -80,7 +80,7 @@ class PrivacyUtilityReport(L.Callback):
         reviewer_arch: architecture of the fresh reviewers (default: the system's reviewer); also
             the adversary of the surrogate and white-box training.
         downsample_factors: with ``baselines`` unset, the rows are raw data and these downsampling
-            factors (Tab. B8); the demo's fit uses ``[4]``.
+            factors (Tab. B8; default ``[4]``).
         filename: results file, written in the trainer's log directory.
         baselines: the comparison rows, by name: ``raw``, ``downsample2|4|8``, ``blacken``,
             ``blur_strong``, ``blur_weak`` (:mod:`privacy_lit.baselines.registry`), ``surrogate``
@@ -119,15 +119,43 @@ class PrivacyUtilityReport(L.Callback):
             return self.baselines
         return ["raw", *(f"downsample{f}" for f in self.downsample_factors)]
 
-    def _build(self, name: str, pl_module: L.LightningModule, datamodule, arch: str) -> nn.Module:
-        if name not in TRAINED_COMPARISONS:
-            return build_baseline(name)
+    def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        """Refuse a comparison this run cannot have now, not at the end of a long training."""
+        for name in self.comparisons:
+            if name in TRAINED_COMPARISONS:
+                self._check_trainable(name, pl_module, trainer.datamodule)
+
+    @staticmethod
+    def _check_trainable(name: str, pl_module: L.LightningModule, datamodule) -> None:
         task = getattr(datamodule, "utility_task", "action")
         if task != "action":
             raise ValueError(
                 f"baseline {name!r} trains against an action recognizer; this data's utility "
                 f"task is {task!r} (the paper's VQA surrogate is a VQA model, not provided)"
             )
+        if name != "whitebox":
+            return
+        backend = getattr(pl_module.mllm, "backend", pl_module.mllm)  # under a CachedMLLM
+        if not hasattr(type(backend), "recognizer"):
+            raise ValueError(
+                f"baseline 'whitebox' needs the black box's own differentiable model; "
+                f"{type(backend).__name__} exposes none (only the embedded stand-in does)"
+            )
+        classes = getattr(backend, "classes", None)  # label order of its recognizer
+        if classes is None:
+            return
+        phrases = getattr(backend, "phrases", {})  # the stand-in's class id → class name
+        predicted = [phrases.get(c, c) for c in classes]
+        if predicted != list(datamodule.class_names):
+            raise ValueError(
+                f"baseline 'whitebox': the black box's recognizer predicts {predicted}, "
+                f"the data's action labels are {list(datamodule.class_names)} (order matters)"
+            )
+
+    def _build(self, name: str, pl_module: L.LightningModule, datamodule, arch: str) -> nn.Module:
+        if name not in TRAINED_COMPARISONS:
+            return build_baseline(name)
+        self._check_trainable(name, pl_module, datamodule)
         hp = pl_module.hparams
         shape = {"anonymizer_widths": hp.anonymizer_widths, "head_hidden": hp.head_hidden}
         config = self.adversarial
@@ -135,12 +163,7 @@ class PrivacyUtilityReport(L.Callback):
             return train_surrogate_anonymizer(
                 datamodule, arch, config, self.surrogate, progress=pl_module.print, **shape
             ).anonymizer
-        recognizer = getattr(pl_module.mllm, "recognizer", None)
-        if not isinstance(recognizer, nn.Module):
-            raise ValueError(
-                f"baseline 'whitebox' needs the black box's own differentiable model; "
-                f"{type(pl_module.mllm).__name__} exposes none (only the embedded stand-in does)"
-            )
+        recognizer = getattr(pl_module.mllm, "backend", pl_module.mllm).recognizer
         return train_whitebox_anonymizer(
             datamodule, recognizer, arch, config, progress=pl_module.print, **shape
         ).anonymizer
@@ -158,21 +181,26 @@ class PrivacyUtilityReport(L.Callback):
             anonymizers["ours"] = pl_module.anonymizer
             train_calls = pl_module.mllm.stats.by_stage.get("train", 0)
             calls["ours"] = train_calls / len(datamodule.utility_dataset("train"))
-        # test answers are scored against the test classes (they differ cross-dataset)
-        scorer = getattr(pl_module, "test_scorer", None) or pl_module.scorer
-        rows = evaluate(
-            anonymizers, datamodule, pl_module.mllm, scorer, pl_module.hparams.prompt, arch,
-            self.reviewer_epochs, seed=0, calls_per_sample=calls, progress=pl_module.print,
-        )  # fmt: skip
         out = Path(trainer.log_dir or trainer.default_root_dir) / self.filename
         extra = {
-            "mllm": pl_module.mllm.stats.as_dict(),
             "zo_steps": pl_module.zo_step,
             "stage": stage,
             "checkpoint": None if trainer.ckpt_path is None else str(trainer.ckpt_path),
             "reviewer_epochs": self.reviewer_epochs,
         }
-        write_results(rows, out, extra)
+
+        def save(rows: list[Row]) -> None:
+            # after every row: a failure on the 9th (a paid API down) keeps the first 8
+            done = {"complete": len(rows) == len(anonymizers)}
+            write_results(rows, out, {"mllm": pl_module.mllm.stats.as_dict(), **extra, **done})
+
+        # test answers are scored against the test classes (they differ cross-dataset)
+        scorer = getattr(pl_module, "test_scorer", None) or pl_module.scorer
+        rows = evaluate(
+            anonymizers, datamodule, pl_module.mllm, scorer, pl_module.hparams.prompt, arch,
+            self.reviewer_epochs, seed=0, calls_per_sample=calls, progress=pl_module.print,
+            on_row=save,
+        )  # fmt: skip
         for logger in trainer.loggers:  # finalized already, but W&B and CSV still take rows
             logger.log_metrics(results_metrics(rows), step=trainer.global_step)
             logger.save()
