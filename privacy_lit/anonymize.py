@@ -1,8 +1,8 @@
 """``python -m privacy_lit anonymize``: the trained anonymizer as a product — anonymize a user's
 images and videos *before* they are sent to a cloud MLLM.
 
-    python -m privacy_lit anonymize --ckpt runs/demo/.../last.ckpt photo.jpg clip.mp4 album/ \\
-        --out anonymized/ [--batch-size 16] [--device cpu|cuda]
+    python -m privacy_lit anonymize --ckpt RUN/checkpoints/epoch=6-step=175.ckpt \\
+        photo.jpg clip.mp4 album/ --out anonymized/ [--batch-size 16] [--device cpu|cuda]
     python -m privacy_lit anonymize --benchmark [--ckpt PATH]   # frames/s on a 10 s 320×240 video
 
 Only the anonymizer is loaded from the Lightning checkpoint (its ``anonymizer.*`` weights and the
