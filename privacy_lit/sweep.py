@@ -295,6 +295,7 @@ def _run_subprocess(args: list[str]) -> str | None:
 def _collect(log_dir: str | None, results_name: str) -> dict[str, Any]:
     if log_dir is None:
         return {"log_dir": None, "results_file": None, "rows": None}
+    log_dir = str(Path(log_dir).resolve())  # the summary is read from elsewhere (a notebook)
     path = Path(log_dir) / results_name
     if not path.is_file():
         return {

@@ -249,6 +249,10 @@ def test_a_comparison_the_run_cannot_have_is_refused_before_training() -> None:
     PrivacyUtilityReport(baselines=["raw", "blur_strong"]).setup(
         SimpleNamespace(datamodule=vqa_data), remote, "fit"
     )  # heuristic rows need nothing
+    every = PrivacyUtilityReport(baselines=["all"])  # all that apply: the others are left out
+    with pytest.warns(UserWarning, match="'all' leaves out 'whitebox'"):
+        every.setup(SimpleNamespace(datamodule=action_data), remote, "fit")
+    assert "surrogate" in every.comparisons and "whitebox" not in every.comparisons
 
     # the white-box rows need the stand-in's recognizer to predict the data's labels, in order
     class StandIn:

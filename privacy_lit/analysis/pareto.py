@@ -324,6 +324,21 @@ def swept_parameters(
     return sorted(name for name, seen in values.items() if len(seen) > 1 and name not in exclude)
 
 
+def metrics_files(source: str | Path, name: str = "metrics.csv") -> list[Path]:
+    """The ``metrics.csv`` of the runs behind ``source``: a folder (searched recursively), a sweep
+    summary (each run's ``log_dir``) or a ``results.json`` (the one beside it). Runs without one
+    are skipped."""
+    source = Path(source)
+    if source.is_dir():
+        return sorted(source.rglob(name))
+    data = _read_json(source)
+    if "runs" in data:
+        dirs = [Path(run["log_dir"]) for run in data["runs"] if run.get("log_dir")]
+    else:
+        dirs = [source.parent]
+    return [d / name for d in dirs if (d / name).is_file()]
+
+
 def read_metrics(path: str | Path) -> list[dict[str, float]]:
     """The rows of a Lightning ``metrics.csv`` with the empty cells left out (each logging call
     fills only its own columns)."""

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 
 from privacy_lit.baselines.registry import BASELINE_NAMES, build_baseline
@@ -86,7 +86,9 @@ class PrivacyUtilityReport(L.Callback):
             ``blur_strong``, ``blur_weak`` (:mod:`privacy_lit.baselines.registry`), ``surrogate``
             (trained against a surrogate recognizer, Tab. 1–4), ``whitebox`` (true gradients of
             the stand-in's own model, Tab. B7 — needs a black box that exposes ``recognizer``),
-            or ``all``. Overrides ``downsample_factors``.
+            or ``all``: every one that applies to this run (the others are left out with a
+            warning; one named explicitly that cannot apply is an error at the start).
+            Overrides ``downsample_factors``.
         adversarial: the surrogate and white-box training (steps, batch sizes, learning rates,
             privacy weight, seed; :class:`~privacy_lit.baselines.surrogate.AdversarialConfig`).
         surrogate: the surrogate recognizer trained on raw clips (epochs, width, seed;
@@ -108,6 +110,7 @@ class PrivacyUtilityReport(L.Callback):
         self.downsample_factors = [4] if downsample_factors is None else downsample_factors
         self.filename = filename
         self.baselines = None if baselines is None else expand_baselines(baselines)
+        self._named = set(baselines or ()) - {"all"}  # asked for by name, not through "all"
         if reviewer_epochs < 0:
             raise ValueError(f"reviewer_epochs must be >= 0, got {reviewer_epochs}")
         self.adversarial = adversarial or AdversarialConfig()
@@ -121,9 +124,15 @@ class PrivacyUtilityReport(L.Callback):
 
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
         """Refuse a comparison this run cannot have now, not at the end of a long training."""
-        for name in self.comparisons:
-            if name in TRAINED_COMPARISONS:
+        for name in [n for n in self.comparisons if n in TRAINED_COMPARISONS]:
+            try:
                 self._check_trainable(name, pl_module, trainer.datamodule)
+            except ValueError as error:
+                if name in self._named or self.baselines is None:
+                    raise
+                # "all" means all that apply to this run: say what is left out, and why
+                rank_zero_warn(f"'all' leaves out {name!r}: {error}")
+                self.baselines = [n for n in self.baselines if n != name]
 
     @staticmethod
     def _check_trainable(name: str, pl_module: L.LightningModule, datamodule) -> None:
