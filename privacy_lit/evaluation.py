@@ -19,7 +19,7 @@ so the rows of a results table are comparable. ``results.json`` keeps the fields
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
@@ -89,17 +89,26 @@ def stack_dataset(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tenso
     return torch.stack([it[key] for it in items]), torch.stack([it[label] for it in items])
 
 
+def sample_batches(dataset: Dataset, batch: int = 32, num_workers: int = 0) -> Iterator[list[dict]]:
+    """The samples of ``dataset`` in order, ``batch`` at a time, as lists of sample dicts: the
+    utility test set is streamed, never held whole (UCF101's test clips are ~2.3 GB as uint8)."""
+    if len(dataset) == 0:
+        all_samples(dataset)  # raises, naming the dataset
+    yield from DataLoader(dataset, batch_size=batch, num_workers=num_workers, collate_fn=list)
+
+
 def utility_top1(
-    anonymizer: nn.Module, clips: Tensor, actions: Tensor, mllm: BlackBoxMLLM,
-    scorer: RetrievalScorer, prompt: str, batch: int = 32,
+    anonymizer: nn.Module, batches: Iterable[tuple[Tensor, Tensor]], mllm: BlackBoxMLLM,
+    scorer: RetrievalScorer, prompt: str,
 ) -> float:  # fmt: skip
-    """Top-1 of the black box's retrieved answers on anonymized clips (refusals count wrong)."""
+    """Top-1 of the black box's retrieved answers on anonymized clips, from batches of (uint8
+    clips, action labels); refusals count wrong."""
     metric = ActionTop1(len(scorer.class_texts))
     stage = mllm.stage
     mllm.stage = "test"
     try:
-        for chunk, target in zip(clips.split(batch), actions.split(batch), strict=True):
-            frames = anonymize_pixels(anonymizer, chunk)
+        for clips, target in batches:
+            frames = anonymize_pixels(anonymizer, clips)
             answers = mllm.answer([Request(c, prompt) for c in frames])
             metric.update(scorer.predict([a.text for a in answers]), target)
     finally:
@@ -108,22 +117,25 @@ def utility_top1(
 
 
 def utility_vqa_accuracy(
-    anonymizer: nn.Module, images: Tensor, questions: Sequence[str],
-    answers: Sequence[Sequence[str]], mllm: BlackBoxMLLM, prompt: str, batch: int = 32,
+    anonymizer: nn.Module, batches: Iterable[tuple[Tensor, Sequence[str], Sequence[Sequence[str]]]],
+    mllm: BlackBoxMLLM, prompt: str,
 ) -> float:  # fmt: skip
-    """VQA accuracy (official rule) of the black box's answers on anonymized images; ``{question}``
-    in ``prompt`` is replaced by each question, as in training."""
+    """VQA accuracy (official rule) of the black box's answers on anonymized images, from batches
+    of (uint8 images, questions, human answers); ``{question}`` in ``prompt`` is replaced by each
+    question, as in training."""
     metric = VQAAccuracy(num_answers=None)
     stage = mllm.stage
     mllm.stage = "test"
     try:
-        for start in range(0, len(images), batch):
-            frames = anonymize_pixels(anonymizer, images[start : start + batch])
-            asked = questions[start : start + batch]
+        for images, questions, answers in batches:
+            frames = anonymize_pixels(anonymizer, images)
             replies = mllm.answer(
-                [Request(f, prompt.format(question=q)) for f, q in zip(frames, asked, strict=True)]
+                [
+                    Request(f, prompt.format(question=q))
+                    for f, q in zip(frames, questions, strict=True)
+                ]
             )
-            metric.update([a.text for a in replies], list(answers[start : start + batch]))
+            metric.update([a.text for a in replies], [list(a) for a in answers])
     finally:
         mllm.stage = stage
     return float(metric.compute())
@@ -200,21 +212,27 @@ def evaluate(
     ``reviewer_dataset("test")``.
     """
     task, utility_data = _utility_test_data(datamodule)
+    workers = getattr(datamodule, "num_workers", 0)
     if task == "vqa":
-        items = all_samples(utility_data)
-        images = torch.stack([it["image"] for it in items])
-        questions = [it["question"] for it in items]
-        answers = [it["answers"] for it in items]
 
         def utility(anonymizer: nn.Module) -> float:
-            return utility_vqa_accuracy(anonymizer, images, questions, answers, mllm, prompt)
+            batches = (
+                (torch.stack([it["image"] for it in items]), [it["question"] for it in items],
+                 [it["answers"] for it in items])
+                for items in sample_batches(utility_data, num_workers=workers)
+            )  # fmt: skip
+            return utility_vqa_accuracy(anonymizer, batches, mllm, prompt)
     else:
         if scorer is None:
             raise ValueError("action recognition needs a RetrievalScorer of the test classes")
-        clips, actions = stack_dataset(utility_data, "clip", "action")
 
         def utility(anonymizer: nn.Module) -> float:
-            return utility_top1(anonymizer, clips, actions, mllm, scorer, prompt)
+            batches = (
+                (torch.stack([it["clip"] for it in items]),
+                 torch.stack([torch.as_tensor(it["action"]) for it in items]))
+                for items in sample_batches(utility_data, num_workers=workers)
+            )  # fmt: skip
+            return utility_top1(anonymizer, batches, mllm, scorer, prompt)
 
     metric = "vqa_accuracy" if task == "vqa" else "top1"
     reviewer_data = getattr(datamodule, "reviewer_dataset", datamodule.privacy_dataset)

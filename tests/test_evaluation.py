@@ -90,10 +90,11 @@ def test_utility_top1_counts_refusals_wrong_and_restores_the_stage(data) -> None
     clips, actions = stack_dataset(data.utility_dataset("test"), "clip", "action")
     scorer = RetrievalScorer(data.class_names)
     first = _Scripted(f"The person is {data.class_names[0]}.")
-    top1 = utility_top1(nn.Identity(), clips, actions, first, scorer, "What?", batch=5)
+    batches = list(zip(clips.split(5), actions.split(5), strict=True))
+    top1 = utility_top1(nn.Identity(), batches, first, scorer, "What?")
     assert top1 == pytest.approx(float((actions == 0).float().mean()))
     refusing = _Scripted("I'm sorry, I can't help with that.")
-    assert utility_top1(nn.Identity(), clips, actions, refusing, scorer, "What?") == 0.0
+    assert utility_top1(nn.Identity(), batches, refusing, scorer, "What?") == 0.0
     assert refusing.stage == "train" and refusing.stats.by_stage == {"test": len(clips)}
 
 
