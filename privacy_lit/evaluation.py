@@ -84,7 +84,8 @@ def all_samples(dataset: Dataset) -> list[dict]:
 
 
 def stack_dataset(dataset: Dataset, key: str, label: str) -> tuple[Tensor, Tensor]:
-    """Every sample's ``key`` and ``label`` tensors, stacked (the benchmarks fit in memory)."""
+    """Every sample's ``key`` and ``label`` tensors, stacked: for the privacy images (small at
+    112 px); the utility test clips are streamed instead (:func:`sample_batches`)."""
     items = all_samples(dataset)
     return torch.stack([it[key] for it in items]), torch.stack([it[label] for it in items])
 
