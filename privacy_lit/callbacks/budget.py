@@ -14,7 +14,7 @@ from typing import Any
 
 import lightning as L
 
-from privacy_lit.mllm.base import BlackBoxMLLM
+from privacy_lit.mllm.base import BlackBoxMLLM, module_mllm
 from privacy_lit.mllm.cost import Budget
 
 
@@ -56,13 +56,7 @@ class QueryBudget(L.Callback):
         self.checkpoint_path: Path | None = None
 
     def _mllm(self, pl_module: L.LightningModule) -> BlackBoxMLLM:
-        mllm = getattr(pl_module, self.mllm_attribute, None)
-        if not isinstance(mllm, BlackBoxMLLM):
-            raise TypeError(
-                f"QueryBudget needs the module's black box at `{self.mllm_attribute}`, found "
-                f"{type(mllm).__name__}"
-            )
-        return mllm
+        return module_mllm(pl_module, self.mllm_attribute, "QueryBudget")
 
     def _ahead(self) -> tuple[int, float]:
         """What the next step is expected to spend (restored with the callback on resume)."""

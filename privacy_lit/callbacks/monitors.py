@@ -23,7 +23,7 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 from torch import Tensor
 
-from privacy_lit.mllm.base import BlackBoxMLLM, QueryStats
+from privacy_lit.mllm.base import BlackBoxMLLM, QueryStats, module_mllm
 
 
 class RunningVariance:
@@ -238,13 +238,7 @@ class MLLMUsageMonitor(L.Callback):
         self._train_samples: int | None = None
 
     def _mllm(self, pl_module: L.LightningModule) -> BlackBoxMLLM:
-        mllm = getattr(pl_module, self.mllm_attribute, None)
-        if not isinstance(mllm, BlackBoxMLLM):
-            raise TypeError(
-                f"MLLMUsageMonitor needs the module's black box at `{self.mllm_attribute}`, "
-                f"found {type(mllm).__name__}"
-            )
-        return mllm
+        return module_mllm(pl_module, self.mllm_attribute, "MLLMUsageMonitor")
 
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._mllm(pl_module)  # fail at the start, not after the first step

@@ -135,3 +135,14 @@ class BlackBoxMLLM(ABC):
     @abstractmethod
     def _answer(self, requests: list[Request]) -> list[Answer]:
         """Backend-specific answering of a non-empty batch."""
+
+
+def module_mllm(module: object, attribute: str, user: str) -> BlackBoxMLLM:
+    """The black box a LightningModule keeps at ``attribute``, for callbacks that read its
+    counters; ``user`` names the callback in the error when there is none."""
+    mllm = getattr(module, attribute, None)
+    if not isinstance(mllm, BlackBoxMLLM):
+        raise TypeError(
+            f"{user} needs the module's black box at `{attribute}`, found {type(mllm).__name__}"
+        )
+    return mllm
