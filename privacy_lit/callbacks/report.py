@@ -164,7 +164,6 @@ class PrivacyUtilityReport(L.Callback):
     def _build(self, name: str, pl_module: L.LightningModule, datamodule, arch: str) -> nn.Module:
         if name not in TRAINED_COMPARISONS:
             return build_baseline(name)
-        self._check_trainable(name, pl_module, datamodule)
         hp = pl_module.hparams
         shape = {"anonymizer_widths": hp.anonymizer_widths, "head_hidden": hp.head_hidden}
         config = self.adversarial
