@@ -15,6 +15,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 
 from privacy_lit.baselines.surrogate import (
+    RECOGNIZER_FAMILIES,
     AdversarialConfig,
     SurrogateConfig,
     clips_to_recognizer,
@@ -27,6 +28,7 @@ from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.evaluation import stack_dataset
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.models.anonymizer import Anonymizer, to_float
+from privacy_lit.models.recognizer import ClipRecognizer, TemporalShiftRecognizer
 from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 
 SMALL = {"anonymizer_widths": (8, 16), "head_hidden": (8,)}
@@ -71,10 +73,11 @@ def _small_reviewer() -> nn.Module:
     return nn.Sequential(nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(12, 7))
 
 
-def test_surrogate_recognizer_learns_raw_clips_from_its_own_seed(train) -> None:
+@pytest.mark.parametrize("family", ["tsm", "clip3d"])
+def test_surrogate_recognizer_learns_raw_clips_from_its_own_seed(train, family: str) -> None:
     clips, actions = train[:2]
-    config = SurrogateConfig(epochs=2, width=8, batch_size=12, lr=1e-2)
-    untrained = train_recognizer_on_raw(clips, actions, 8, SurrogateConfig(epochs=0, width=8))
+    config = SurrogateConfig(family, epochs=2, width=8, batch_size=12, lr=1e-2)
+    untrained = train_recognizer_on_raw(clips, actions, 8, SurrogateConfig(family, 0, width=8))
     rng = torch.get_rng_state()
     model = train_recognizer_on_raw(clips, actions, 8, config)
     assert torch.equal(torch.get_rng_state(), rng)  # seeded in a fork: global state untouched
@@ -82,6 +85,34 @@ def test_surrogate_recognizer_learns_raw_clips_from_its_own_seed(train) -> None:
     ce, ce_untrained = (_utility_ce(identity, m, clips, actions) for m in (model, untrained))
     assert ce < ce_untrained  # the same initialization (same seed), then trained
     assert model.classifier.in_features == 4 * 8 and not model.training
+    assert isinstance(model, RECOGNIZER_FAMILIES[family])
+
+
+def test_the_default_surrogate_is_not_the_black_boxs_family() -> None:
+    assert RECOGNIZER_FAMILIES[SurrogateConfig().family] is not ClipRecognizer
+    with pytest.raises(ValueError, match="family must be one of"):
+        SurrogateConfig(family="i3d")
+
+
+def test_temporal_shift_moves_a_quarter_of_the_channels_each_way() -> None:
+    from privacy_lit.models.recognizer import _TemporalShift
+
+    # value = 10 · frame + channel, 1 clip × 3 frames × 4 channels × 1 × 1
+    x = (10 * torch.arange(3.0)[:, None] + torch.arange(4.0)).reshape(1, 3, 4, 1, 1)
+    y = _TemporalShift(0.25)(x).reshape(3, 4)
+    assert y[:, 0].tolist() == [10, 20, 0]  # channel 0 from the next frame, zeros at the end
+    assert y[:, 1].tolist() == [0, 1, 11]  # channel 1 from the previous frame
+    assert torch.equal(y[:, 2:], x.reshape(3, 4)[:, 2:])  # the rest stay
+
+
+def test_temporal_shift_recognizer_sees_frame_order() -> None:
+    """Unlike per-frame averaging (TSN), the shift lets it tell a clip from its reverse."""
+    torch.manual_seed(0)
+    model = TemporalShiftRecognizer(5, width=4).eval()
+    clips = torch.rand(2, 3, 6, 32, 32)
+    logits = model(clips)
+    assert logits.shape == (2, 5)
+    assert not torch.allclose(model(clips.flip(2)), logits, atol=1e-4)
 
 
 def test_whitebox_training_reduces_the_frozen_models_loss_and_leaves_it_untouched(train) -> None:
@@ -153,7 +184,6 @@ def test_surrogate_anonymizer_is_a_working_seeded_anonymizer(data) -> None:
 def test_the_privacy_term_makes_a_fixed_reviewer_less_certain(train) -> None:
     """The sign of the privacy term: against the same frozen reviewer (reviewer_lr 0, no batch
     norm), training with privacy_weight 1 leaves it less certain than training without."""
-    from privacy_lit.models.recognizer import ClipRecognizer
     from privacy_lit.privacy import privacy_loss
 
     clips, actions, images, attributes = train
