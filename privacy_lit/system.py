@@ -170,7 +170,7 @@ class PrivacySystem(L.LightningModule):
             )
             self.val_top1 = MulticlassAccuracy(len(test_classes), average="micro")
         self.val_top1 = self.val_top1.to(self.device)
-        backend = getattr(self.mllm, "backend", self.mllm)  # under a CachedMLLM
+        backend = self.mllm.innermost
         if getattr(backend, "mode", None) == "option_scores" and not backend.options:
             backend.options = list(datamodule.class_names)  # score the classes being learned
         self.mllm.prepare()

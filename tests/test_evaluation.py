@@ -238,7 +238,7 @@ def test_a_comparison_the_run_cannot_have_is_refused_before_training() -> None:
     from privacy_lit.callbacks import PrivacyUtilityReport
 
     action_data = SimpleNamespace(utility_task="action", class_names=["a", "b"])
-    remote = SimpleNamespace(mllm=SimpleNamespace(backend=object()))  # a cached remote API
+    remote = SimpleNamespace(mllm=SimpleNamespace(innermost=object()))  # a cached remote API
     report = PrivacyUtilityReport(baselines=["raw", "whitebox"])
     with pytest.raises(ValueError, match="'whitebox' needs the black box's own"):
         report.setup(SimpleNamespace(datamodule=action_data), remote, "fit")
@@ -261,7 +261,7 @@ def test_a_comparison_the_run_cannot_have_is_refused_before_training() -> None:
         classes = ["x", "y"]
         phrases = {"x": "b", "y": "a"}  # class id → name: predicts ["b", "a"]
 
-    standin = SimpleNamespace(mllm=SimpleNamespace(backend=StandIn()))
+    standin = SimpleNamespace(mllm=SimpleNamespace(innermost=StandIn()))
     with pytest.raises(ValueError, match=r"predicts \['b', 'a'\].*order matters"):
         report.setup(SimpleNamespace(datamodule=action_data), standin, "fit")
     StandIn.phrases = {"x": "a", "y": "b"}

@@ -230,7 +230,9 @@ def test_a_rerun_through_the_cache_makes_no_calls(make_backend, server, tmp_path
     assert again.stats.calls == 1 and again.stats.cache_hits == 13
 
 
-def test_the_cache_shares_stats_and_stage_with_its_backend(make_backend, server, tmp_path) -> None:
+def test_the_cache_shares_stats_stage_and_innermost_with_its_backend(
+    make_backend, server, tmp_path
+) -> None:
     backend = make_backend(server)
     cached = CachedMLLM(backend, str(tmp_path))
     cached.stage = "val"
@@ -239,6 +241,7 @@ def test_the_cache_shares_stats_and_stage_with_its_backend(make_backend, server,
     assert backend.stats.by_stage == {"val": 1} and cached.stats.cache_hits == 1
     cached.stats = QueryStats(calls=5)  # what a checkpoint restore does
     assert backend.stats.calls == 5 and isinstance(cached, BlackBoxMLLM)
+    assert cached.innermost is backend and backend.innermost is backend
 
 
 def test_half_written_cache_files_are_ignored_and_repaired(

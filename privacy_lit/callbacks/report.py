@@ -144,7 +144,7 @@ class PrivacyUtilityReport(L.Callback):
             )
         if name != "whitebox":
             return
-        backend = getattr(pl_module.mllm, "backend", pl_module.mllm)  # under a CachedMLLM
+        backend = pl_module.mllm.innermost
         if not hasattr(type(backend), "recognizer"):
             raise ValueError(
                 f"baseline 'whitebox' needs the black box's own differentiable model; "
@@ -171,7 +171,7 @@ class PrivacyUtilityReport(L.Callback):
             return train_surrogate_anonymizer(
                 datamodule, arch, config, self.surrogate, progress=pl_module.print, **shape
             ).anonymizer
-        recognizer = getattr(pl_module.mllm, "backend", pl_module.mllm).recognizer
+        recognizer = pl_module.mllm.innermost.recognizer
         return train_whitebox_anonymizer(
             datamodule, recognizer, arch, config, progress=pl_module.print, **shape
         ).anonymizer

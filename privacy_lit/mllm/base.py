@@ -98,6 +98,12 @@ class BlackBoxMLLM(ABC):
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or threads; the backend may be prepared and used again later."""
 
+    @property
+    def innermost(self) -> BlackBoxMLLM:
+        """The backend that answers, under any wrappers (a :class:`CachedMLLM` gives its
+        backend's): where backend-specific settings such as a stand-in's recognizer live."""
+        return self
+
     def cache_identity(self) -> dict[str, object]:
         """Everything besides the request that decides the answer (model, generation settings,
         how pixels are encoded): part of a response-cache key, so that changing any of it

@@ -159,6 +159,10 @@ class CachedMLLM(BlackBoxMLLM):
     def stage(self, value: str) -> None:
         self.backend.stage = value
 
+    @property
+    def innermost(self) -> BlackBoxMLLM:
+        return self.backend.innermost
+
     def prepare(self) -> None:
         self.backend.prepare()
 
