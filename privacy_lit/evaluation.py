@@ -105,15 +105,11 @@ def utility_top1(
     """Top-1 of the black box's retrieved answers on anonymized clips, from batches of (uint8
     clips, action labels); refusals count wrong."""
     metric = ActionTop1(len(scorer.class_texts))
-    stage = mllm.stage
-    mllm.stage = "test"
-    try:
+    with mllm.counting_as("test"):
         for clips, target in batches:
             frames = anonymize_pixels(anonymizer, clips)
             answers = mllm.answer([Request(c, prompt) for c in frames])
             metric.update(scorer.predict([a.text for a in answers]), target)
-    finally:
-        mllm.stage = stage
     return float(metric.compute())
 
 
@@ -125,9 +121,7 @@ def utility_vqa_accuracy(
     of (uint8 images, questions, human answers); ``{question}`` in ``prompt`` is replaced by each
     question, as in training."""
     metric = VQAAccuracy(num_answers=None)
-    stage = mllm.stage
-    mllm.stage = "test"
-    try:
+    with mllm.counting_as("test"):
         for images, questions, answers in batches:
             frames = anonymize_pixels(anonymizer, images)
             replies = mllm.answer(
@@ -137,8 +131,6 @@ def utility_vqa_accuracy(
                 ]
             )
             metric.update([a.text for a in replies], [list(a) for a in answers])
-    finally:
-        mllm.stage = stage
     return float(metric.compute())
 
 

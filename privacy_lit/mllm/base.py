@@ -8,7 +8,8 @@ nothing a backend does can send a gradient back into the anonymizer.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -97,6 +98,17 @@ class BlackBoxMLLM(ABC):
 
     def close(self) -> None:  # noqa: B027 - optional hook, most backends hold nothing
         """Release connections or threads; the backend may be prepared and used again later."""
+
+    @contextmanager
+    def counting_as(self, stage: str) -> Iterator[None]:
+        """Queries inside the block count under ``stage`` (e.g. evaluation's ``"test"``); the
+        previous stage comes back afterwards, also on an error."""
+        previous = self.stage
+        self.stage = stage
+        try:
+            yield
+        finally:
+            self.stage = previous
 
     @property
     def innermost(self) -> BlackBoxMLLM:
