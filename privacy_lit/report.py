@@ -2,11 +2,11 @@
 
 Reads the ``results.json`` that ``fit`` and ``test`` write (a run directory is searched for them
 recursively) and prints a Markdown table — top-1 (or VQA accuracy) ↑, cMAP ↓, black-box calls per
-training sample —
-with a "dominated by" column: the rows that are at least as good on both utility and privacy and
-better on one (compared at the printed precision, 0.1 point, so the column agrees with the
-table). Rows with an empty column form the Pareto front of the table. Black-box calls are a cost,
-not an objective of the trade-off, and are left out of the comparison.
+training sample — with a "dominated by" column: the rows that are at least as good on both
+utility and privacy and better on one (compared at the printed precision, 0.1 point, so the
+column agrees with the table). Rows with an empty column form the Pareto front of the table.
+Black-box calls are a cost, not an objective of the trade-off, and are left out of the
+comparison.
 
 A row that appears in several files with the same figures (raw data evaluated by the fit and by a
 later ``test``) is printed once; rows of the same name with different figures (ours from two runs)
