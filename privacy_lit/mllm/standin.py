@@ -6,6 +6,12 @@ cache is missing), it answers every request with free text from several paraphra
 confident ("The person seems to be waving a hand."), hedged between its two best guesses, or
 unsure — and never exposes logits or gradients. The training step must turn that text into a loss
 exactly as it would for a real MLLM (:mod:`privacy_lit.utility.retrieval`).
+
+Like a real MLLM decoding greedily, the wording is a *locally stable* function of what the model
+believes: the template is chosen from the recognized classes and a coarse confidence level, so an
+imperceptible change of the pixels changes the sentence only when the belief crosses a level.
+Answers still vary in wording across classes and confidence levels. Sampling noise — the class
+drawn at a temperature, seeded per query — is an explicit, harder option (``temperature > 0``).
 """
 
 from __future__ import annotations
@@ -51,8 +57,14 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         unsure_below: float = 0.3,
         train_epochs: int = 24,
         seed: int = 0,
+        temperature: float = 0.0,
+        confidence_levels: int = 4,
     ):
         super().__init__()
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0 (0: greedy), got {temperature}")
+        if confidence_levels < 1:
+            raise ValueError(f"confidence_levels must be >= 1, got {confidence_levels}")
         from privacy_lit.data.synthetic import ACTION_PHRASES
 
         self.data_root, self.checkpoint = Path(data_root), Path(checkpoint)
@@ -60,6 +72,7 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         self.classes = sorted(self.phrases)
         self.confident_above, self.unsure_below = confident_above, unsure_below
         self.train_epochs, self.seed = train_epochs, seed
+        self.temperature, self.confidence_levels = temperature, confidence_levels
         self._model: ClipRecognizer | None = None
 
     def prepare(self) -> None:
@@ -97,13 +110,16 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         return [self._phrase(p, r.visual) for p, r in zip(probs, requests, strict=True)]
 
     def _phrase(self, probs: Tensor, visual: Tensor) -> Answer:
-        # The paraphrase is picked from the pixels, so the same input always gets the same answer
-        # (like greedy decoding) while different inputs get varied wording.
-        pick = zlib.crc32(visual.numpy().tobytes())
+        if self.temperature > 0:
+            probs = self._sampled(probs, visual)
         top2 = torch.topk(probs, 2)
         first = self.phrases[self.classes[int(top2.indices[0])]]
         second = self.phrases[self.classes[int(top2.indices[1])]]
         confidence = float(top2.values[0])
+        # The wording depends on the belief only (classes and a coarse confidence level), never on
+        # the exact pixels: greedy decoding says the same thing about near-identical inputs.
+        level = min(int(confidence * self.confidence_levels), self.confidence_levels - 1)
+        pick = zlib.crc32(f"{first}|{second}|{level}".encode())
         if confidence >= self.confident_above:
             text = CONFIDENT[pick % len(CONFIDENT)].format(a=first)
         elif confidence >= self.unsure_below:
@@ -111,6 +127,17 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         else:
             text = UNSURE[pick % len(UNSURE)]
         return Answer(text)
+
+    def _sampled(self, probs: Tensor, visual: Tensor) -> Tensor:
+        """Sampling at ``temperature``: the answered class is drawn from p^(1/T), seeded by the
+        query's pixels (the same input gets the same answer, any change of a pixel redraws)."""
+        generator = torch.Generator().manual_seed(zlib.crc32(visual.numpy().tobytes()))
+        tempered = F.softmax(probs.clamp_min(1e-12).log() / self.temperature, dim=-1)
+        drawn = int(torch.multinomial(tempered, 1, generator=generator))
+        top = int(tempered.argmax())
+        swapped = tempered.clone()  # the drawn class is said with the top probability
+        swapped[drawn], swapped[top] = tempered[top], tempered[drawn]
+        return swapped
 
 
 def _cached_version(checkpoint: Path) -> int:
