@@ -37,6 +37,16 @@ SUBCOMMANDS: dict[tuple[str, ...], str] = {
 """Words after ``python -m privacy_lit`` → the module whose ``main(argv)`` runs them."""
 
 
+CLI_CLASSES = {
+    "model_class": PrivacySystem,
+    "datamodule_class": PrivacyUtilityDataModule,
+    "subclass_mode_data": True,
+    "seed_everything_default": 0,
+}
+"""What ``fit`` and the other loops parse; ``data check`` parses the same (and builds only the
+data module), so configs and overlays mean the same to both."""
+
+
 def _subcommand(argv: list[str]) -> tuple[str, list[str]] | None:
     for words, module in SUBCOMMANDS.items():
         if tuple(argv[: len(words)]) == words:
@@ -56,11 +66,4 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     # W&B must never need an account: without an API key runs are written offline.
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    return LightningCLI(
-        PrivacySystem,
-        PrivacyUtilityDataModule,
-        subclass_mode_data=True,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
+    return LightningCLI(**CLI_CLASSES, save_config_kwargs={"overwrite": True}, args=args)

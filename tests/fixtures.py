@@ -11,12 +11,14 @@ Videos are short MJPEG AVIs written with OpenCV; frame ``i`` is filled with grey
 from __future__ import annotations
 
 import json
+import pickle
 from pathlib import Path
 
 import cv2
 import numpy as np
 
 from privacy_lit.data.vispr import VISPR7
+from privacy_lit.data.vp import VP_COLUMNS
 
 GREY_STEP = 8
 FRAMES = 24
@@ -219,11 +221,21 @@ def make_okvqa(root: Path, coco: Path) -> Path:
     return root
 
 
+VP_SETS = (["face", "gender"], ["skin_color"], [], ["nudity", "relationship", "face"])
+
+
 def make_vp_labels(path: Path, videos: list[str]) -> Path:
-    """Video-level labels (JSON) for ``videos`` (relative paths): alternating attribute sets."""
-    sets = (["face", "gender"], ["skin_color"], [], ["nudity", "relationship", "face"])
+    """Video-level labels in the STPrivacy release's form: a pickle of ``{"<action>/<video>.mp4":
+    int64 array (1, 5)}`` over :data:`VP_COLUMNS`, for ``videos`` (relative ``.avi`` paths),
+    with the attribute sets :data:`VP_SETS` in turn."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({v: sets[i % len(sets)] for i, v in enumerate(videos)}))
+    labels = {
+        str(Path(v).with_suffix(".mp4")): np.array(
+            [[int(c in VP_SETS[i % len(VP_SETS)]) for c in VP_COLUMNS]], np.int64
+        )
+        for i, v in enumerate(videos)
+    }
+    path.write_bytes(pickle.dumps(labels))
     return path
 
 
@@ -235,7 +247,7 @@ def build_all(root: Path) -> Path:
     make_vispr(root / "vispr")
     make_okvqa(root / "okvqa", root / "coco")
     hmdb = [f"{a}/{a}_{k}.avi" for a in HMDB_ACTIONS for k in range(4)]
-    make_vp_labels(root / "vp_hmdb51" / "labels.json", hmdb)
+    make_vp_labels(root / "vp_hmdb51" / "hmdb51_privacy_attribute_label.pickle", hmdb)
     ucf = [f"{c}/v_{c}_g{g:02d}_c01.avi" for c in UCF_CLASSES for g in (1, 2, 3)]
-    make_vp_labels(root / "vp_ucf101" / "labels.json", ucf)
+    make_vp_labels(root / "vp_ucf101" / "ucf101_privacy_attribute_label.pickle", ucf)
     return root

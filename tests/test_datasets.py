@@ -32,7 +32,8 @@ from privacy_lit.data.vispr import (
     attribute_table,
     resolve_attributes,
 )
-from privacy_lit.data.vp import VPHMDB51, read_vp_labels
+from privacy_lit.data.vp import VP_COLUMNS, VPHMDB51, read_vp_labels
+from privacy_lit.data.vp import main as vp_main
 from tests import fixtures
 from tests.fixtures import GREY_STEP, HMDB_ACTIONS, HMDB_SPLIT_IDS, UCF_CLASSES, VISPR2_IDS
 
@@ -223,33 +224,73 @@ def test_okvqa_question_types_and_ten_answers(root: Path) -> None:
 
 
 # --------------------------------------------------------------------------- VP-*
-def test_video_level_labels_json_and_csv(root: Path, tmp_path: Path) -> None:
-    attributes = ["face", "skin_color", "gender", "nudity", "relationship"]
-    from_json = read_vp_labels(root / "vp_hmdb51" / "labels.json", attributes)
-    assert from_json["brush_hair_0"] == {"face", "gender"} and from_json["brush_hair_2"] == set()
+def test_video_level_labels_pickle_json_and_csv(root: Path, tmp_path: Path) -> None:
+    released = root / "vp_hmdb51" / "hmdb51_privacy_attribute_label.pickle"
+    labels = read_vp_labels(released)  # .mp4 keys as released, matched by stem
+    assert labels["brush_hair_0"] == {"face", "gender"} and labels["brush_hair_2"] == set()
+    as_json = tmp_path / "labels.json"
+    assert vp_main([str(released), str(as_json)]) == 0
+    assert json.loads(as_json.read_text())["brush_hair/brush_hair_0.mp4"] == ["face", "gender"]
+    assert read_vp_labels(as_json) == labels
     wide = tmp_path / "wide.csv"
     wide.write_text(
         "video,face,skin_color,gender,nudity,relationship\nbrush_hair_0.avi,1,0,1,0,0\n"
     )
     listed = tmp_path / "listed.csv"
     listed.write_text("video,attributes\nbrush_hair/brush_hair_0.avi,face;gender\n")
-    assert (
-        read_vp_labels(wide, attributes)
-        == read_vp_labels(listed, attributes)
-        == {"brush_hair_0": {"face", "gender"}}
-    )
+    assert read_vp_labels(wide) == read_vp_labels(listed) == {"brush_hair_0": {"face", "gender"}}
     module = VPHMDB51(data_dir=str(root), **SMALL)
+    assert module.attribute_names == list(VP_COLUMNS)
     privacy = module.privacy_dataset("test")
-    names = [p.stem for p in privacy.videos]
-    for i, name in enumerate(names):
-        expected = [float(a in from_json[name]) for a in attributes]
+    for i, video in enumerate(privacy.videos):
+        expected = [float(a in labels[video.stem]) for a in VP_COLUMNS]
         assert privacy[i]["attributes"].tolist() == expected
     clips = VPHMDB51(privacy_view="clip", data_dir=str(root), **SMALL).privacy_dataset("train")
     assert clips[0]["clip"].shape == (4, 32, 32, 3) and clips[0]["attributes"].shape == (5,)
+    # another column order reads the same pickle into other names
+    swapped = read_vp_labels(released, columns=["face", "skin_color", "gender", "nudity",
+                                                "relationship"])  # fmt: skip
+    assert swapped["brush_hair_1"] == {"face"} and labels["brush_hair_1"] == {"skin_color"}
     bad = tmp_path / "bad.json"
     bad.write_text(json.dumps({"brush_hair_0.avi": ["face", "tattoo"]}))
     with pytest.raises(ValueError, match=r"bad.json: video 'brush_hair_0.avi'.*\['tattoo'\]"):
-        read_vp_labels(bad, attributes)
+        read_vp_labels(bad)
+    shape = tmp_path / "shape.pickle"
+    shape.write_bytes(pickle.dumps({"wave/wave_0.mp4": np.zeros((1, 4), np.int64)}))
+    with pytest.raises(ValueError, match=r"shape.pickle: entry 'wave/wave_0.mp4': expected an "
+                                         r"integer array of 5 values 0/1"):  # fmt: skip
+        read_vp_labels(shape)
+    twice = tmp_path / "twice.pickle"
+    one = np.ones((1, 5), np.int64)
+    twice.write_bytes(pickle.dumps({"wave/wave_0.mp4": one, "other/wave_0.mp4": one}))
+    with pytest.raises(ValueError, match="a second entry for the video 'wave_0'"):
+        read_vp_labels(twice)
+
+
+class _RunsCode:
+    """What a malicious pickle holds: unpickling it would run a shell command."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        import os
+
+        return os.system, (f"touch {self.marker}",)
+
+
+def test_a_pickle_that_would_run_code_is_refused(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+    evil = tmp_path / "evil.pickle"
+    evil.write_bytes(pickle.dumps({"wave/wave_0.mp4": _RunsCode(marker)}))
+    refused = r"evil.pickle: not a VP label pickle .*refused global (posix|os|nt)\.system"
+    with pytest.raises(ValueError, match=refused):
+        read_vp_labels(evil)
+    assert not marker.exists()
+    objects = tmp_path / "objects.pickle"
+    objects.write_bytes(pickle.dumps({"wave/wave_0.mp4": np.array([[0, 1, 0, 1, 0]], object)}))
+    with pytest.raises(ValueError, match="refused object dtype"):
+        read_vp_labels(objects)
 
 
 # --------------------------------------------------------------------------- every setting

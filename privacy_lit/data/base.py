@@ -56,12 +56,30 @@ class CheckReport:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    repeated: int = 0  # errors left out because an earlier report already named them
+
+    def drop_repeated(self, seen: set[str]) -> None:
+        """Leave out errors already in ``seen`` (another dataset module's report found the same
+        bad file), so each is printed once; ``seen`` grows by this report's errors."""
+        fresh = [e for e in self.errors if e not in seen]
+        self.repeated += len(self.errors) - len(fresh)
+        self.errors = fresh
+        seen.update(fresh)
 
     def error(self, where: str | Path, what: str) -> None:
         self.errors.append(f"{where}: {what}")
 
     def warn(self, where: str | Path, what: str) -> None:
         self.warnings.append(f"{where}: {what}")
+
+    def error_from(self, err: Exception) -> None:
+        """A reader's exception: its message already names the file (and line or sample), so it
+        is recorded as it is, never prefixed with the path a second time."""
+        self.errors.append(str(err))
+
+    def warn_from(self, warning: Warning | str) -> None:
+        """A reader's warning, whose message already names the file."""
+        self.warnings.append(str(warning))
 
     def note(self, text: str) -> None:
         self.notes.append(text)
@@ -77,7 +95,7 @@ class CheckReport:
 
     @property
     def failed(self) -> bool:
-        return bool(self.errors)
+        return bool(self.errors) or self.repeated > 0
 
     def render(self, max_lines: int = 200) -> str:
         lines = [f"  ok    {n}" for n in self.notes]
@@ -88,7 +106,10 @@ class CheckReport:
         if len(self.errors) > max_lines:
             lines.append(f"  ERROR ... and {len(self.errors) - max_lines} more errors")
         verdict = "BROKEN" if self.failed else "OK"
-        lines.append(f"{verdict}: {len(self.errors)} error(s), {len(self.warnings)} warning(s)")
+        repeated = f" (and {self.repeated} reported above)" if self.repeated else ""
+        lines.append(
+            f"{verdict}: {len(self.errors)} error(s){repeated}, {len(self.warnings)} warning(s)"
+        )
         return "\n".join(lines)
 
 

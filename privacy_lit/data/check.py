@@ -1,9 +1,12 @@
 """``data check``: validate the dataset folders a config points at, before any training.
 
-    python -m privacy_lit.data.check --config conf/hmdb.yaml [--root /datasets] [--decode 200]
+    python -m privacy_lit data check --config conf/hmdb.yaml [--config overlay.yaml]
+        [--root /datasets] [--decode 200] [--data.init_args.utility.init_args.split=2 ...]
 
-For every dataset module of the config's ``data`` section it checks, and prints one line per
-finding, naming the file:
+The config is parsed by the very LightningCLI parser ``fit`` uses, so several ``--config`` files
+overlay each other and ``--data.*`` overrides apply exactly as they would for ``fit``; only the
+``data`` section is instantiated (no model, no black box). For every dataset module it checks,
+and prints one line per finding, naming the file once:
 
 - errors (exit status 1): missing folders, split lists, annotation or label files; lines that do
   not parse; listed videos or images that are missing, empty, unreadable or truncated (videos are
@@ -11,37 +14,78 @@ finding, naming the file:
   outside the attribute table; empty splits; label spaces of the setting that do not fit.
 - warnings (exit status 0): counts that differ from the official release (a subset is fine),
   attributes without a positive sample (their AP is undefined), test images without privacy
-  labels, videos without video-level labels.
+  labels, videos without video-level labels, duplicate label entries.
+- counts (``ok`` lines): split sizes, videos left out or kept and why (PA-HMDB51 test videos left
+  out of HMDB51 training, videos marked ``"review": false``, videos without a label).
 
-``--decode N`` decodes at most N videos/images per dataset (0: none; default: all of them).
+An error that several dataset modules find (e.g. one VISPR annotation file read for VISPR1 and for
+VISPR2) is printed by the first and counted by the others. ``--decode N`` decodes at most N
+videos/images per dataset (0: none; default: all of them).
 """
 
 from __future__ import annotations
 
-import argparse
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
-import yaml
+from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
 from privacy_lit.data.base import CheckReport, DatasetModule
 from privacy_lit.data.joint import JointDataModule, PrivacyUtilityDataModule
 
 
-def load_data_module(config: str | Path) -> PrivacyUtilityDataModule | DatasetModule:
-    """The config's ``data`` module, instantiated exactly as the LightningCLI would."""
-    from jsonargparse import ArgumentParser
+class DataCheckCLI(LightningCLI):
+    """``fit``'s LightningCLI (:data:`privacy_lit.cli.CLI_CLASSES`, same parser, same config
+    merging) that instantiates the ``data`` section only: a folder check must not build the
+    model or load a black box. Adds ``--root`` and ``--decode``."""
 
-    path = Path(config)
-    if not path.is_file():
-        raise FileNotFoundError(f"config {path} does not exist")
-    spec = (yaml.safe_load(path.read_text()) or {}).get("data")
-    if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{path}: expected a 'data:' section with a class_path")
-    parser = ArgumentParser(exit_on_error=False)
-    parser.add_argument("--data", type=PrivacyUtilityDataModule | DatasetModule)
-    cfg = parser.parse_object({"data": spec})
-    return parser.instantiate(cfg).data
+    def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
+        parser.add_argument(
+            "--root", type=str | None, default=None, help="folder holding the dataset folders"
+        )
+        parser.add_argument(
+            "--decode",
+            type=int | None,
+            default=None,
+            help="decode at most this many videos/images per dataset (0: none; default: all)",
+        )
+
+    def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
+        # args are always ours here (never sys.argv twice), so LightningCLI's warning about
+        # both being set does not apply
+        self.config = parser.parse_args(list(args))
+
+    def instantiate_classes(self) -> None:
+        from jsonargparse import ArgumentParser
+
+        parser = ArgumentParser(exit_on_error=False)
+        parser.add_subclass_arguments(self._datamodule_class, "data", fail_untyped=False)
+        data = parser.parse_object({"data": self.config["data"].as_dict()})
+        self.datamodule = parser.instantiate_classes(data).data
+        self.model = self.trainer = None
+
+
+def data_cli(args: Sequence[str]) -> DataCheckCLI:
+    """Parse ``args`` (``--config A --config B --data.x=y --root R --decode N``) as ``fit``
+    does and build the data module; a bad config raises (``exit_on_error=False``)."""
+    from privacy_lit.cli import CLI_CLASSES
+
+    return DataCheckCLI(
+        **CLI_CLASSES, run=False, args=list(args), parser_kwargs={"exit_on_error": False}
+    )
+
+
+def load_data_module(
+    *configs: str | Path, overrides: Sequence[str] = ()
+) -> PrivacyUtilityDataModule:
+    """The data module of ``configs`` (later ones overlay earlier ones) and ``overrides``
+    (``--data.init_args.root=/datasets``), instantiated exactly as ``fit`` would."""
+    for config in configs:
+        if not Path(config).is_file():
+            raise FileNotFoundError(f"config {config} does not exist")
+    args = [a for c in configs for a in ("--config", str(c))] + list(overrides)
+    return data_cli(args).datamodule
 
 
 def _generic_check(module: PrivacyUtilityDataModule, report: CheckReport) -> None:
@@ -70,23 +114,24 @@ def check(
         report = CheckReport()
         _generic_check(module, report)
         return [(type(module).__name__, report)]
-    seen = set()
+    done = set()
+    seen_errors: set[str] = set()
     for component in components:
         key = (type(component), component.root, getattr(component, "setting", None))
-        if key in seen:  # e.g. PA-HMDB51 as both test utility and test privacy
+        if key in done:  # e.g. PA-HMDB51 as both test utility and test privacy
             continue
-        seen.add(key)
+        done.add(key)
         report = CheckReport()
         if not component.root.is_dir():
             report.error(
                 component.root, "missing dataset folder (data/README.md says what goes there)"
             )
-            reports.append((component.name, report))
-            continue
-        try:
-            component.check(report, decode)
-        except Exception as err:  # a check must report, never crash
-            report.error(component.root, f"check stopped: {type(err).__name__}: {err}")
+        else:
+            try:
+                component.check(report, decode)
+            except Exception as err:  # a check must report, never crash
+                report.error(component.root, f"check stopped: {type(err).__name__}: {err}")
+        report.drop_repeated(seen_errors)
         reports.append((component.name, report))
     if isinstance(module, JointDataModule) and not any(r.failed for _, r in reports):
         report = CheckReport()
@@ -107,33 +152,23 @@ def check(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m privacy_lit data check",
-        description="Validate the dataset folders a config points at.",
-    )
-    parser.add_argument("--config", required=True, help="a config of conf/, e.g. conf/hmdb.yaml")
-    parser.add_argument("--root", help="folder holding the dataset folders (default: the config's)")
-    parser.add_argument(
-        "--decode",
-        type=int,
-        default=None,
-        help="decode at most this many videos/images per dataset (0: none)",
-    )
-    args = parser.parse_args(argv)
+    """Exit status: 0 passed (warnings allowed), 1 errors found, 2 the config cannot be read."""
+    args = sys.argv[1:] if argv is None else list(argv)
     try:
-        module = load_data_module(args.config)
+        cli = data_cli(args)
+    except SystemExit as exit:  # --help
+        return int(exit.code or 0)
     except Exception as err:
-        print(f"cannot load the data section of {args.config}: {err}", file=sys.stderr)
+        print(f"cannot load the data section of {' '.join(args)}: {err}", file=sys.stderr)
         return 2
-    if args.root is not None:
-        if isinstance(module, JointDataModule):
-            module.set_data_dir(args.root)
-        elif isinstance(module, DatasetModule):
-            module.set_data_dir(args.root)
+    module, root, decode = cli.datamodule, cli.config["root"], cli.config["decode"]
+    if root is not None:
+        if isinstance(module, JointDataModule | DatasetModule):
+            module.set_data_dir(root)
         else:
-            module.root = Path(args.root)
+            module.root = Path(root)
     failed = False
-    for name, report in check(module, args.decode):
+    for name, report in check(module, decode):
         print(f"== {name}")
         print(report.render())
         failed |= report.failed

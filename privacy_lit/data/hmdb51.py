@@ -190,6 +190,18 @@ class HMDB51(DatasetModule):
 
     def check(self, report: CheckReport, decode: int | None = None) -> None:
         check_hmdb51(self.video_root, self.split_root, report, decode)
+        if self.exclude_pa_hmdb51 is None or report.failed:
+            return
+        try:
+            listed = len(HMDB51Clips(self.video_root, self.split_root, self.split, "train"))
+            used = len(self.utility_dataset("train"))
+        except (OSError, ValueError) as err:
+            report.error_from(err)
+            return
+        report.note(
+            f"split {self.split} train: {listed} listed, {listed - used} PA-HMDB51 test "
+            f"videos left out (exclude_pa_hmdb51), {used} used for training"
+        )
 
 
 def check_hmdb51(
@@ -212,6 +224,7 @@ def check_hmdb51(
         report.error(split_root, "missing split folder (testTrainMulti_7030_splits)")
         return videos
     used: set[Path] = set()
+    missing: dict[Path, list[Path]] = {}  # each missing video reported once, with its lists
     for split in (1, 2, 3):
         counts = {"train": 0, "test": 0}
         for action in actions:
@@ -219,7 +232,7 @@ def check_hmdb51(
             try:
                 pairs = read_split_file(path)
             except (OSError, ValueError) as err:
-                report.error(path, str(err))
+                report.error_from(err)
                 continue
             for video, split_id in pairs:
                 if split_id == 0:
@@ -227,10 +240,13 @@ def check_hmdb51(
                 counts["train" if split_id == 1 else "test"] += 1
                 file = video_root / action / video
                 if not file.is_file():
-                    report.error(file, f"missing video (listed in {path})")
+                    missing.setdefault(file, []).append(path)
                 else:
                     used.add(file)
         for stage, count in counts.items():
             report.count(f"{split_root} split {split} {stage}", count, OFFICIAL_SPLIT_SIZES[stage])
+    for file, lists in missing.items():
+        more = f" and {len(lists) - 1} more" if len(lists) > 1 else ""
+        report.error(file, f"missing video (listed in {lists[0]}{more})")
     check_videos(sorted(used), report, decode)
     return videos

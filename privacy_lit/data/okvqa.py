@@ -19,7 +19,10 @@ codes (``one`` … ``ten``, ``other``); the paper keeps ``four`` (Sports and Rec
 
 Privacy labels (test images only): a JSON list of ``{"image": "COCO_val2014_000000010825.jpg",
 "id": 33, "choice": "a17_color" | {"choices": [...]}}``; no ``choice`` means none of the 7
-attributes. Labels are VISPR ids of UCF101-VISPR's 7 and go through the setting's table.
+attributes. Labels are VISPR ids of UCF101-VISPR's 7 and go through the setting's table. The
+release (github.com/phoebehxf/okvqa-privacy-attribute, ``annotations.json``) has 994 entries for
+993 images: ``COCO_val2014_000000067422.jpg`` is listed twice with different labels; the loader
+unites them and warns, naming the image.
 
 Images are fitted to ``size × size``: ``fit="pad"`` pads to a square with the CLIP mean colour
 (as LLaVA-1.5 does) so no question-relevant content is cut; ``"crop"`` takes the centre square.
@@ -28,6 +31,7 @@ Images are fitted to ``size × size``: ``fit="pad"`` pads to a square with the C
 from __future__ import annotations
 
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -55,6 +59,7 @@ QUESTION_TYPES = {
 }
 SPLITS = {"train": "train2014", "val": "val2014", "test": "val2014"}
 OFFICIAL_QUESTIONS = {"train2014": 9_009, "val2014": 5_046}
+OFFICIAL_LABELLED_IMAGES = 993  # the authors' privacy labels: 994 entries, one image twice
 ANSWERS_PER_QUESTION = 10
 PAD_COLOUR = (122, 116, 104)  # CLIP's mean pixel, LLaVA-1.5's padding colour
 
@@ -193,8 +198,16 @@ def read_privacy_labels(path: Path, allowed: frozenset[str]) -> dict[str, list[s
                 f"{where} ({entry['image']}): unknown attribute ids {unknown}; "
                 f"expected ids among {sorted(allowed)}"
             )
-        labels.setdefault(entry["image"], [])
-        labels[entry["image"]] += [x for x in ids if x not in labels[entry["image"]]]
+        name = entry["image"]
+        if name in labels:  # the release lists COCO_val2014_000000067422.jpg twice
+            warnings.warn(
+                f"{path}: entry {i}: image {name} is listed again (labels {labels[name]}, now "
+                f"{ids}); its labels are united",
+                UserWarning,
+                stacklevel=2,
+            )
+        labels.setdefault(name, [])
+        labels[name] += [x for x in ids if x not in labels[name]]
     if not labels:
         raise ValueError(f"OK-VQA privacy labels {path} have no entries")
     return labels
@@ -330,7 +343,7 @@ class OKVQA(DatasetModule):
             try:
                 questions = read_questions(self.root, split)
             except (OSError, ValueError) as err:
-                report.error(self.root, str(err))
+                report.error_from(err)
                 continue
             report.count(f"{self.root} {split} questions", len(questions), official)
             kept = [q for q in questions if q.question_type in self.question_types]
@@ -351,16 +364,20 @@ class OKVQA(DatasetModule):
             return
         path = self.path(self.privacy_labels)
         try:
-            labels = read_privacy_labels(path, frozenset(VISPR7))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                labels = read_privacy_labels(path, frozenset(VISPR7))
         except (OSError, ValueError) as err:
-            report.error(path, str(err))
+            report.error_from(err)
             return
-        report.count(f"{path} labelled images", len(labels), None)
+        for warning in caught:
+            report.warn_from(warning.message)
+        report.count(f"{path} labelled images", len(labels), OFFICIAL_LABELLED_IMAGES)
         for name in labels:
             try:
                 image = labelled_image_path(self.coco_root, name, path)
             except ValueError as err:
-                report.error(path, str(err))
+                report.error_from(err)
                 continue
             if not image.is_file():
                 report.error(image, f"missing COCO image (labelled in {path})")

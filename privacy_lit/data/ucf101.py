@@ -166,7 +166,7 @@ def check_ucf101(
     try:
         classes = read_class_index(index)
     except (OSError, ValueError) as err:
-        report.error(index, str(err))
+        report.error_from(err)
         return
     if len(classes) != OFFICIAL_CLASSES:
         report.warn(index, f"{len(classes)} classes, the official release has {OFFICIAL_CLASSES}")
@@ -185,7 +185,7 @@ def check_ucf101(
             try:
                 entries = read_list(path, classes)
             except (OSError, ValueError) as err:
-                report.error(path, str(err))
+                report.error_from(err)
                 continue
             report.count(str(path), len(entries), OFFICIAL_SPLIT_SIZES[split][stage])
             for rel, _ in entries:

@@ -387,7 +387,7 @@ class VISPR(DatasetModule):
         try:
             rows = read_attributes_tsv(tsv)
         except (OSError, ValueError) as err:
-            report.error(tsv, str(err))
+            report.error_from(err)
             return
         if len(rows) != OFFICIAL_ATTRIBUTES:
             report.warn(tsv, f"{len(rows)} attributes, the official list has {OFFICIAL_ATTRIBUTES}")
@@ -395,7 +395,7 @@ class VISPR(DatasetModule):
         try:
             table = self.table
         except ValueError as err:
-            report.error(tsv, str(err))
+            report.error_from(err)
             return
         if table.ids - known:
             report.error(tsv, f"setting attributes {sorted(table.ids - known)} are not listed")
@@ -406,7 +406,7 @@ class VISPR(DatasetModule):
             try:
                 entries = read_split_list(listing)
             except OSError as err:
-                report.error(listing, str(err))
+                report.error_from(err)
                 continue
             report.count(str(listing), len(entries), official)
             positives = np.zeros(len(table))
@@ -418,7 +418,7 @@ class VISPR(DatasetModule):
                 try:
                     image_path, labels = read_vispr_annotation(path)
                 except ValueError as err:
-                    report.error(path, str(err))
+                    report.error_from(err)
                     continue
                 unknown = sorted(set(labels) - known)
                 if unknown:
