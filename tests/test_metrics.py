@@ -90,6 +90,33 @@ def test_cmap_per_class_and_ties_match_sklearn() -> None:
     np.testing.assert_allclose(metric.compute().numpy(), expected, atol=1e-6)
 
 
+def test_cmap_with_a_single_attribute_matches_sklearn() -> None:
+    """A one-attribute setting (e.g. one VP column): torchmetrics' multilabel checks refuse one
+    label, the metric must not."""
+    from sklearn.metrics import average_precision_score
+
+    for seed in range(3):
+        preds, target = _multilabel(seed)
+        preds, target = preds[:, 2:3], target[:, 2:3]
+        preds[:10] = torch.round(preds[:10] * 4) / 4  # some ties
+        expected = average_precision_score(target[:, 0].numpy(), preds[:, 0].numpy())
+        metric = ClasswiseMAP(1, names=["face_partial"])
+        per_class = ClasswiseMAP(1, average="none")
+        for part in _batches(len(preds), 37):
+            metric.update(preds[part], target[part])
+            per_class.update(preds[part], target[part])
+        assert float(metric.compute()) == pytest.approx(expected, abs=1e-6)
+        # torchmetrics squeezes a one-element result to a scalar
+        assert float(per_class.compute()) == pytest.approx(expected, abs=1e-6)
+        assert float(classwise_map(preds, target)) == pytest.approx(expected, abs=1e-6)
+    with pytest.raises(ValueError, match="N x 1"):
+        ClasswiseMAP(1).update(torch.rand(4, 2), torch.ones(4, 2, dtype=torch.long))
+    with pytest.raises(ValueError, match="0/1"):
+        classwise_map(torch.rand(4, 1), torch.full((4, 1), 3))
+    with pytest.raises(ValueError, match="positive integer"):
+        ClasswiseMAP(0)
+
+
 def test_cmap_empty_class_policies() -> None:
     from sklearn.metrics import average_precision_score
 

@@ -56,6 +56,21 @@ def _count_positives(target: Tensor, ignore_index: int | None = None) -> Tensor:
     return positive.sum(dim=1)
 
 
+def _one_label_ok(preds: Tensor, target: Tensor, ignore_index: int | None) -> None:
+    """torchmetrics' multilabel checks insist on at least two labels, although its per-label
+    maths holds for one (a one-attribute setting); this is their input check for that case."""
+    if preds.ndim != 2 or preds.shape[1] != 1 or target.shape != preds.shape:
+        raise ValueError(
+            f"one label: expected preds and target of shape N x 1, got {tuple(preds.shape)} and "
+            f"{tuple(target.shape)}"
+        )
+    if not preds.is_floating_point() or target.is_floating_point():
+        raise ValueError("expected float preds (scores) and an integer 0/1 target")
+    allowed = torch.tensor([0, 1] + ([ignore_index] if ignore_index is not None else []))
+    if not bool(torch.isin(target, allowed.to(target.device)).all()):
+        raise ValueError(f"the target must hold 0/1 (or ignore_index), got {target.unique()}")
+
+
 def reduce_classwise_ap(
     per_class: Tensor,
     positives: Tensor,
@@ -146,12 +161,14 @@ def classwise_map(
     """
     _check_empty_classes(empty_classes)
     num_labels = preds.shape[1]
+    if num_labels == 1:
+        _one_label_ok(preds, target, ignore_index)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=_TM_NO_POSITIVES)
         per_class = multilabel_average_precision(
             preds, target, num_labels, average="none", thresholds=thresholds,
-            ignore_index=ignore_index,
-        )  # fmt: skip
+            ignore_index=ignore_index, validate_args=num_labels > 1,
+        ).reshape(-1)  # fmt: skip
     positives = _count_positives(target, ignore_index)
     return reduce_classwise_ap(per_class, positives, empty_classes, average, names)
 
@@ -166,7 +183,7 @@ class ClasswiseMAP(MultilabelAveragePrecision):
     *precision* and is :class:`PerAttributePrecision`.
 
     Args:
-        num_labels: number of privacy attributes.
+        num_labels: number of privacy attributes (one works too: a one-attribute setting).
         empty_classes: ``"ignore"`` (default) | ``"zero"`` (= sklearn) | ``"error"``.
         average: ``"macro"`` (cMAP) or ``"none"`` (per-class AP).
         thresholds: ``None`` (exact) or torchmetrics' binning.
@@ -199,23 +216,29 @@ class ClasswiseMAP(MultilabelAveragePrecision):
         _check_empty_classes(empty_classes)
         if average not in ("macro", "none"):
             raise ValueError(f"average must be 'macro' or 'none', got {average!r}")
+        if not isinstance(num_labels, int) or num_labels < 1:
+            raise ValueError(f"num_labels must be a positive integer, got {num_labels!r}")
+        # one label: torchmetrics refuses it in its checks only (see _one_label_ok)
         super().__init__(
             num_labels, average="none", thresholds=thresholds, ignore_index=ignore_index,
-            validate_args=validate_args, **kwargs,
+            validate_args=validate_args and num_labels > 1, **kwargs,
         )  # fmt: skip
+        self.check_one_label = validate_args and num_labels == 1
         self.empty_classes = empty_classes
         self.cmap_average = average
         self.names = _check_names(names, num_labels)
         self.add_state("positives", torch.zeros(num_labels, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, preds: Tensor, target: Tensor) -> None:
+        if self.check_one_label:
+            _one_label_ok(preds, target, self.ignore_index)
         super().update(preds, target)
         self.positives += _count_positives(target, self.ignore_index).to(self.positives.device)
 
     def compute(self) -> Tensor:
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=_TM_NO_POSITIVES)
-            per_class = super().compute()
+            per_class = super().compute().reshape(-1)  # one label: torchmetrics gives a scalar
         return reduce_classwise_ap(
             per_class, self.positives, self.empty_classes, self.cmap_average, self.names
         )
