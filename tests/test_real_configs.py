@@ -14,6 +14,7 @@ import pytest
 from privacy_lit.cli import main
 from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
 from tests import fixtures
+from tests.real_root import real_root  # noqa: F401 (a fixture)
 
 
 class FixedAnswerMLLM(BlackBoxMLLM):
@@ -55,3 +56,27 @@ def test_a_paper_setting_trains_one_adversarial_step(root: Path, name: str) -> N
         assert "val/vqa_accuracy" in cli.trainer.logged_metrics
     else:
         assert "val/top1" in cli.trainer.logged_metrics
+
+
+@pytest.mark.parametrize("name", ["hmdb", "novel", "vp_hmdb"])
+def test_one_adversarial_step_on_the_real_annotation_files(
+    real_root: Path,  # noqa: F811
+    name: str,
+) -> None:
+    """The headline settings build their training and test sets from the real releases'
+    annotation files (tests/real_root.py: stand-in media) and take one adversarial step."""
+    cli = main([
+        "fit", "--config", f"conf/{name}.yaml", "--data.init_args.root", str(real_root),
+        "--data.init_args.batch_size=2", "--data.init_args.privacy_batch_size=2",
+        "--data.init_args.num_workers=0", "--model.mllm=tests.test_real_configs.FixedAnswerMLLM",
+        "--model.reviewer_arch=resnet18", "--model.recon_epochs=0", "--model.reviewer_epochs=0",
+        "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
+    ])  # fmt: skip
+    assert cli.model.zo_step == 1
+    data = cli.datamodule
+    if name == "hmdb":
+        assert len(data.utility_dataset("train")) == 3_570 - 286  # PA-HMDB51 videos left out
+        assert len(data.privacy_dataset("test").videos) == 515
+    if name == "vp_hmdb":
+        assert len(data.privacy_dataset("train").videos) == 3_570  # every video has a label
+    assert "val/top1" in cli.trainer.logged_metrics
