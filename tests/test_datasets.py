@@ -464,6 +464,46 @@ def test_data_check_passes_a_good_folder_and_names_every_bad_file(
     assert check_main(["--config", "conf/nowhere.yaml"]) == 2
 
 
+def test_data_check_honours_config_overlays_like_fit(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    overlay = tmp_path / "overlay.yaml"
+    overlay.write_text(
+        "data:\n  init_args:\n    utility:\n      init_args:\n        split: 2\n"
+        "    test_utility:\n      init_args:\n        include_unreviewed: false\n"
+    )
+    module = load_data_module("conf/hmdb.yaml", overlay)
+    assert module.utility.split == 2 and module.test_utility.include_unreviewed is False
+    assert module.utility.num_frames == 16  # the rest of conf/hmdb.yaml stays
+    args = ["--config", "conf/hmdb.yaml", "--config", str(overlay), "--root", str(root)]
+    assert check_main([*args, "--decode", "0"]) == 0
+    out = capsys.readouterr().out
+    assert "split 2 train: " in out and "dropped (include_unreviewed: false)" in out
+    # --data.* overrides as for fit
+    assert check_main([*args, "--data.init_args.utility.init_args.split=1", "--decode=0"]) == 0
+    assert "split 1 train: " in capsys.readouterr().out
+
+
+def test_data_check_names_each_bad_file_once(
+    root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    bad = tmp_path / "data"
+    shutil.copytree(root, bad)
+    listing = (bad / "vispr" / "train2017.txt").read_text().split()
+    broken = bad / "vispr" / listing[0]
+    broken.write_text("{not json")
+    pa_file = bad / "pa_hmdb51" / "PrivacyAttributes" / "wave.json"
+    pa_file.write_text(json.dumps({"wave_0.avi": {"gender": [[0, 3, [1, 7]]]}}))
+    # novel.yaml reads the VISPR folder for VISPR1 and for VISPR2
+    assert check_main(["--config", "conf/novel.yaml", "--root", str(bad), "--decode", "0"]) == 1
+    out = capsys.readouterr().out
+    assert out.count(str(broken)) == 1 and "(and 1 reported above)" in out
+    assert out.count(str(pa_file)) == 1
+    assert "'gender' range [0, 3, [1, 7]] is not [start, end, value]" in out
+    assert "value one of [0, 1, 2] (0 unidentifiable, 1 male, 2 female) or a list of them" in out
+    assert "the videos of 1 unreadable file(s) are not counted" in out
+
+
 def test_bench_data_reports_clips_per_second(capsys: pytest.CaptureFixture[str]) -> None:
     from privacy_lit.bench.data import main as bench_main
 
