@@ -6,9 +6,11 @@ phase resumes where it stopped:
 1. ``recon_epochs``: the whole anonymizer learns to reconstruct its input (L1; App. E, SPAct).
 2. ``reviewer_epochs``: the privacy reviewer learns the attributes on anonymized images.
 3. the rest: the adversarial phase. Each step (DESIGN.md "One training step"):
-   privacy loss and its autograd gradient h_k; SPSA ĝ_k from two black-box evaluations at
-   θ ± c_kΔ_k (both in one backend call); critical-history g̃_k and I_k (Alg. 1); the augmented
-   Tchebycheff branch (Eq. 11); θ ← θ − a_k ∇̂L_AT (Eq. 12); then one reviewer step.
+   privacy loss and its autograd gradient h_k; the utility direction from the configured
+   :class:`~privacy_lit.zo.estimators.GradientEstimator` — by default the paper's, SPSA ĝ_k from
+   black-box evaluations at θ ± c_kΔ_k with critical-history g̃_k and I_k (Alg. 1), all of a
+   step's queries in one backend call; the augmented Tchebycheff branch (Eq. 11);
+   θ ← θ − a_k ∇̂L_AT (Eq. 12); then one reviewer step.
 
 Only the anonymizer head (``Anonymizer.trainable_parameters``) is perturbed and updated in phase 3.
 The black box is reached only through :class:`privacy_lit.mllm.BlackBoxMLLM` with uint8 pixels.
@@ -31,19 +33,19 @@ from privacy_lit.mllm.base import Answer, BlackBoxMLLM, QueryStats, Request
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.privacy import privacy_loss
+from privacy_lit.proxy import UtilityProxy
 from privacy_lit.utility.retrieval import RetrievalScorer
 from privacy_lit.utility.vqa import VQAScorer
-from privacy_lit.zo.history import CriticalHistoryEstimator, Selection
-from privacy_lit.zo.scalarize import Method, ParetoScalarizer
-from privacy_lit.zo.spsa import (
-    GainSchedule,
-    assign_flat,
-    averaged_spsa_gradient,
-    flat_parameters,
-    perturbation_seed,
-    perturbed,
-    rademacher,
+from privacy_lit.zo.estimators import (
+    SPSA,
+    Evaluate,
+    GradientEstimator,
+    HistoryEnhanced,
+    StepContext,
 )
+from privacy_lit.zo.history import Selection
+from privacy_lit.zo.scalarize import Method, ParetoScalarizer
+from privacy_lit.zo.spsa import GainSchedule, assign_flat, assigned, flat_parameters
 
 
 class PrivacySystem(L.LightningModule):
@@ -59,6 +61,9 @@ class PrivacySystem(L.LightningModule):
         eps_ratio, sigma: ε = eps_ratio·z* and σ of Eq. 6 (0.1, 1e-4).
         gamma, b, history_size, decay: γ, b, m, d of Eq. 8–10 (0.5, 0.3, 10, 0.5).
         history_selection, use_history, adjust_direction, adjust_step: the Tab. 7 ablations.
+            These, ``zo_seed`` and ``num_perturbations`` configure the paper's estimator,
+            ``HistoryEnhanced(SPSA(num_perturbations, zo_seed), gamma, ...)``, which is used when
+            ``estimator`` is not given (so the Tab. 6 / 7 / A1–A5 sweeps set them directly).
         a, a_decay, a_stability, c, c_decay: SPSA gains a_k = a/(k+1+A)^α, c_k = c/(k+1)^γ_c.
         reviewer_arch: ``"resnet50"`` (paper) or ``"resnet18"`` (CPU demo only).
         anonymizer_widths, head_hidden: UNet trunk widths and head widths (~9k head parameters).
@@ -68,6 +73,11 @@ class PrivacySystem(L.LightningModule):
         zo_seed: base seed of the perturbations Δ_k (Δ_k is regenerated from (zo_seed, k)).
         num_perturbations: q, the SPSA estimates averaged per step (2q queries per clip; the
             paper uses q = 1).
+        estimator: any :class:`~privacy_lit.zo.estimators.GradientEstimator` (a ``class_path``
+            in YAML); None builds the paper's from the arguments above, which it then replaces.
+        proxy: a local differentiable stand-in for the black box's utility
+            (:class:`~privacy_lit.proxy.UtilityProxy`) whose gradient is the prior of a
+            prior-guided estimator; required by estimators that need a prior, unused otherwise.
         max_gradient_norm: if set, each objective's gradient — the estimated (1+I_k)g̃_k and the
             computed h_k — is clipped to this L2 norm before Eq. 11 combines them; a_k then scales
             the step as in Eq. 12, so its decay is kept. Not in the paper (None is Eq. 12 exactly).
@@ -114,20 +124,29 @@ class PrivacySystem(L.LightningModule):
         zo_seed: int = 0,
         num_perturbations: int = 1,
         max_gradient_norm: float | None = None,
+        estimator: GradientEstimator | None = None,
+        proxy: UtilityProxy | None = None,
     ):
         super().__init__()
         if num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
-        self.save_hyperparameters(ignore=["mllm"])
+        # objects are configuration, not checkpoint content: a checkpoint must load without them
+        self.save_hyperparameters(ignore=["mllm", "estimator", "proxy"])
         self.automatic_optimization = False
         self.mllm = mllm
         self.anonymizer = Anonymizer(anonymizer_widths, head_hidden)
         self.reviewer = build_reviewer(reviewer_arch, num_attributes)
         self.gains = GainSchedule(a, a_decay, a_stability, c, c_decay)
-        self.estimator = CriticalHistoryEstimator(
-            gamma, b, history_size, decay, history_selection, use_history, adjust_direction,
-            adjust_step,
+        self.estimator = estimator or HistoryEnhanced(
+            SPSA(num_perturbations, zo_seed), gamma, b, history_size, decay, history_selection,
+            use_history, adjust_direction, adjust_step,
         )  # fmt: skip
+        if self.estimator.needs_prior and proxy is None:
+            raise ValueError(
+                f"{type(self.estimator).__name__} measures along a proxy's gradient: set `proxy` "
+                "(e.g. privacy_lit.proxy.RecognizerProxy)"
+            )
+        self.proxy = proxy
         self.scalarizer = ParetoScalarizer(
             (lambda_utility, lambda_privacy), scalarization, eps_ratio, sigma
         )
@@ -174,6 +193,8 @@ class PrivacySystem(L.LightningModule):
         if getattr(backend, "mode", None) == "option_scores" and not backend.options:
             backend.options = list(datamodule.class_names)  # score the classes being learned
         self.mllm.prepare()
+        if stage == "fit" and self.proxy is not None and self.estimator.needs_prior:
+            self.proxy.prepare(datamodule, self.device)
 
     def on_fit_start(self) -> None:
         trainable = sum(p.numel() for p in self.anonymizer.trainable_parameters())
@@ -225,6 +246,28 @@ class PrivacySystem(L.LightningModule):
             return float(self.vqa_scorer.loss([a.text for a in answers], utility["answers"]))
         return float(self.scorer.loss(answers, utility["action"]))
 
+    def _black_box_objective(
+        self, utility: dict[str, Any], clip_shape: torch.Size, frames: Tensor, features: Tensor
+    ) -> Evaluate:
+        """The batch's black-box utility loss as a batched function of θ (the head, flat): for
+        n points, n·B anonymized visuals go to the black box in one call."""
+        params = self.anonymizer.trainable_parameters()
+        b, t = clip_shape
+
+        def evaluate(points: list[Tensor]) -> list[float]:
+            anonymized = []
+            with torch.no_grad():
+                for theta in points:
+                    with assigned(params, theta):
+                        pixels = to_uint8(self.anonymizer.decode(frames, features))
+                    anonymized += self._requests_of(pixels.reshape(b, t, *pixels.shape[1:]))
+            answers = self._ask(anonymized, self._prompts(utility) * len(points))
+            return [
+                self._utility_loss(answers[i : i + b], utility) for i in range(0, len(answers), b)
+            ]
+
+        return evaluate
+
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
         getattr(self, f"_{self.phase}_step")(batch)
@@ -269,34 +312,30 @@ class PrivacySystem(L.LightningModule):
         loss_privacy = privacy_loss(self.reviewer(self.anonymizer.decode(images, image_features)))
         h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_privacy, params)])
 
-        # 2. SPSA through the black box: θ ± c_kΔ_k for q perturbations, 2q queries per clip,
-        #    one backend call
+        # 2. the utility direction from the black box: every query of the step in one call
         utility = batch["utility"]
         clips = self._utility_visuals(utility)
-        b, t = clips.shape[:2]
-        deltas = [
-            rademacher(h.numel(), seed=perturbation_seed(self.hparams.zo_seed, k, j))
-            for j in range(self.hparams.num_perturbations)
-        ]
         with torch.no_grad():
             clip_frames = to_float(clips.flatten(0, 1))
             clip_features = self.anonymizer.trunk(clip_frames)
-            anonymized = []
-            for delta in deltas:
-                for sign in (1.0, -1.0):
-                    with perturbed(params, delta.to(h), sign * c_k):
-                        frames = to_uint8(self.anonymizer.decode(clip_frames, clip_features))
-                    anonymized += self._requests_of(frames.reshape(b, t, *frames.shape[1:]))
-        answers = self._ask(anonymized, self._prompts(utility) * (2 * len(deltas)))
-        losses = [
-            self._utility_loss(answers[i : i + b], utility) for i in range(0, len(answers), b)
-        ]
-        pairs = list(zip(losses[0::2], losses[1::2], strict=True))
-        g_hat = averaged_spsa_gradient(pairs, deltas, c_k).to(h)
-        loss_utility = sum(losses) / len(losses)  # L_MLLM(θ_k) without an extra query
+        prior = None
+        if self.estimator.needs_prior:
+            frames = self.anonymizer.decode(clip_frames, clip_features)
+            proxy_loss = self.proxy.loss(frames.reshape(*clips.shape[:2], *frames.shape[1:]),
+                                         utility)  # fmt: skip
+            prior = torch.cat([g.reshape(-1) for g in torch.autograd.grad(proxy_loss, params)])
+        evaluate = self._black_box_objective(utility, clips.shape[:2], clip_frames, clip_features)
+        estimate = self.estimator.estimate(
+            flat_parameters(params), evaluate, StepContext(k, c_k, a_k, prior)
+        )
+        g_hat, direction, indicator = (
+            estimate.raw.to(h),
+            estimate.direction.to(h),
+            estimate.indicator,
+        )
+        loss_utility = estimate.loss  # L_MLLM(θ_k) without an extra query
 
-        # 3.–4. critical history (Alg. 1), then the scalarized direction (Eq. 11)
-        direction, indicator = self.estimator.step(g_hat, k)
+        # 3.–4. the scalarized direction (Eq. 11)
         clip = self.hparams.max_gradient_norm
         grad_at, branch = self.scalarizer.direction(
             [loss_utility, loss_privacy.item()],
@@ -334,8 +373,9 @@ class PrivacySystem(L.LightningModule):
                 "zo/direction_norm": float(direction.norm()),
                 "zo/h_norm": float(h.norm()),
                 "zo/step_norm": float(step.norm()),
-                "zo/history_length": float(len(self.estimator.history)),
+                "zo/queries": float(estimate.queries),
                 "mllm/calls": float(self.mllm.stats.calls),
+                **{f"zo/{key}": float(value) for key, value in estimate.info.items()},
             }
         )
         self.log_dict(
@@ -395,6 +435,7 @@ class PrivacySystem(L.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["zo"] = {
             "step": self.zo_step,
+            "estimator_class": type(self.estimator).__qualname__,
             "estimator": self.estimator.state_dict(),
             "scalarizer": self.scalarizer.state_dict(),
             "mllm_stats": asdict(self.mllm.stats),
@@ -405,7 +446,16 @@ class PrivacySystem(L.LightningModule):
         if state is None:
             return
         self.zo_step = state["step"]
-        self.estimator.load_state_dict(state["estimator"])
+        saved_class = state.get("estimator_class", "HistoryEnhanced")
+        if saved_class == type(self.estimator).__qualname__:
+            self.estimator.load_state_dict(state["estimator"])
+        elif self.zo_step > 0:
+            raise ValueError(
+                f"the checkpoint's zeroth-order phase ran {saved_class} for {self.zo_step} steps; "
+                f"this run configures {type(self.estimator).__qualname__}: resume with the same "
+                "estimator"
+            )
+        # else: a checkpoint from before the adversarial phase starts any estimator afresh
         self.scalarizer.load_state_dict(state["scalarizer"])
         self.mllm.stats = QueryStats(**state["mllm_stats"])
 

@@ -80,18 +80,25 @@ def assign_flat(params: Sequence[nn.Parameter], vector: Tensor) -> None:
 
 
 @contextmanager
-def perturbed(params: Sequence[nn.Parameter], direction: Tensor, scale: float) -> Iterator[None]:
-    """Temporarily set θ ← θ + scale·direction; θ is restored exactly (from a saved copy) on exit.
+def assigned(params: Sequence[nn.Parameter], vector: Tensor) -> Iterator[None]:
+    """Temporarily set θ ← ``vector``; θ is restored exactly (from a saved copy) on exit.
 
-    Restoring from a copy rather than subtracting avoids floating-point drift: after many steps
-    θ − cΔ + cΔ need not equal θ, and a ZO step must not change θ except through its update.
+    Restoring from a copy rather than undoing a perturbation avoids floating-point drift: after
+    many steps θ − cΔ + cΔ need not equal θ, and a ZO step must not change θ except through its
+    update.
     """
     original = flat_parameters(params)
-    assign_flat(params, original + scale * direction.to(original))
+    assign_flat(params, vector.to(original))
     try:
         yield
     finally:
         assign_flat(params, original)
+
+
+def perturbed(params: Sequence[nn.Parameter], direction: Tensor, scale: float):
+    """Temporarily set θ ← θ + scale·direction (restored exactly on exit, see :func:`assigned`)."""
+    original = flat_parameters(params)
+    return assigned(params, original + scale * direction.to(original))
 
 
 def spsa_gradient(loss_plus: float, loss_minus: float, delta: Tensor, c_k: float) -> Tensor:
