@@ -9,10 +9,13 @@ import lightning as L
 import pytest
 import torch
 
+from privacy_lit.callbacks.signal import UtilitySignalMeter
 from privacy_lit.cli import main
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
+from privacy_lit.proxy import RecognizerProxy
 from privacy_lit.system import PrivacySystem
+from privacy_lit.zo.estimators import HistoryEnhanced, NoSignal, PriorGuided, QueriedHistory
 from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 
 
@@ -109,3 +112,68 @@ def test_full_tiny_pipeline_is_complete_and_reproducible(tiny_root: Path, tmp_pa
     assert all(0.0 <= r["top1"] <= 1.0 and 0.0 <= r["cmap"] <= 1.0 for r in rows.values())
     assert list(tmp_path.rglob("*.ckpt"))
     assert _tiny_pipeline(tiny_root, tmp_path / "second") == rows  # same seed, same figures
+
+
+def _adversarial_fit(root: Path, steps: int, callbacks=(), **system_args) -> PrivacySystem:
+    L.seed_everything(0)
+    data = SyntheticDataModule(str(root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
+                               batch_size=4, privacy_batch_size=8)  # fmt: skip
+    backend = EmbeddedActionMLLM(str(root), str(root / "standin.pt"), train_epochs=1)
+    system = PrivacySystem(backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0,
+                           c=0.05, **system_args)  # fmt: skip
+    trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
+                        enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, accelerator="cpu",
+                        callbacks=list(callbacks))  # fmt: skip
+    trainer.fit(system, datamodule=data)
+    return system
+
+
+def test_a_prior_guided_step_measures_along_the_proxy_gradient(tiny_root: Path) -> None:
+    system = _adversarial_fit(
+        tiny_root, 1, estimator=PriorGuided(), proxy=RecognizerProxy(epochs=1)
+    )
+    assert system.mllm.stats.by_stage["train"] == 2 * 4  # θ ± r·prior for each of the 4 clips
+    assert system.proxy.model is not None  # trained on the training clips, in setup
+    assert system.last_gradient_estimate is not None
+
+
+def test_an_estimator_that_needs_a_prior_refuses_to_run_without_a_proxy(tiny_root: Path) -> None:
+    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    with pytest.raises(ValueError, match="proxy"):
+        PrivacySystem(backend, estimator=PriorGuided())
+
+
+def test_the_signal_meter_measures_the_followed_direction(tiny_root: Path) -> None:
+    meter = UtilitySignalMeter(every_n_steps=1)
+    _adversarial_fit(tiny_root, 3, callbacks=[meter])
+    assert len(meter.cosines) == 3
+    assert all(-1.0 <= c <= 1.0 for c in meter.cosines)
+    control = UtilitySignalMeter(every_n_steps=2)
+    system = _adversarial_fit(tiny_root, 3, callbacks=[control], estimator=NoSignal())
+    assert len(control.cosines) == 2  # steps 0 and 2
+    assert control.cosines == [0.0, 0.0]  # a zero direction has no signal by construction
+    assert system.mllm.stats.by_stage["train"] == 3 * 2 * 4  # the paper's queries all the same
+
+
+def test_the_cli_takes_an_estimator_as_a_class_path(tiny_root: Path, tmp_path: Path) -> None:
+    cli = main(["fit", *_tiny_args(tiny_root, tmp_path), "--trainer.fast_dev_run=1",
+                "--model.recon_epochs=0", "--model.reviewer_epochs=0",
+                "--model.estimator=privacy_lit.zo.estimators.HistoryEnhanced",
+                "--model.estimator.init_args.base=privacy_lit.zo.estimators.QueriedHistory",
+                "--model.estimator.init_args.gamma=0.3"])  # fmt: skip
+    estimator = cli.model.estimator
+    assert isinstance(estimator, HistoryEnhanced) and isinstance(estimator.base, QueriedHistory)
+    assert estimator.history.gamma == 0.3 and cli.model.zo_step == 1
+
+
+def test_a_checkpoint_from_pretraining_starts_any_estimator(tiny_root: Path) -> None:
+    system = _adversarial_fit(tiny_root, 1)
+    checkpoint: dict = {}
+    system.on_save_checkpoint(checkpoint)
+    other = PrivacySystem(system.mllm, estimator=NoSignal())
+    checkpoint["zo"]["step"] = 0  # as written at the end of pre-training
+    other.on_load_checkpoint(checkpoint)
+    checkpoint["zo"]["step"] = 1  # mid adversarial phase: the estimator state must match
+    with pytest.raises(ValueError, match="same estimator"):
+        other.on_load_checkpoint(checkpoint)

@@ -4,6 +4,7 @@ from privacy_lit.callbacks.budget import QueryBudget
 from privacy_lit.callbacks.media import SampleGridLogger
 from privacy_lit.callbacks.monitors import GradientVarianceMonitor, MLLMUsageMonitor
 from privacy_lit.callbacks.report import PrivacyUtilityReport
+from privacy_lit.callbacks.signal import UtilitySignalMeter
 
 __all__ = [
     "GradientVarianceMonitor",
@@ -11,4 +12,5 @@ __all__ = [
     "PrivacyUtilityReport",
     "QueryBudget",
     "SampleGridLogger",
+    "UtilitySignalMeter",
 ]
