@@ -11,6 +11,7 @@ import torch
 from privacy_lit.bench.zo import HeadTask, format_table, peak_step_bytes, queries_to_target, run
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
+from privacy_lit.proxy import RecognizerProxy
 from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 
 
@@ -18,14 +19,17 @@ from tests.conftest import TINY_IMAGES, TINY_VIDEOS
 def task_factory(tiny_root: Path):
     data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
     mllm = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
-    return lambda seed: HeadTask(data, mllm, num_clips=2, seed=seed)
+    proxy = RecognizerProxy(epochs=1)
+    proxy.prepare(data, torch.device("cpu"))
+    return lambda seed: HeadTask(data, mllm, num_clips=2, seed=seed, proxy=proxy)
 
 
 def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     rows, meta = run(task_factory, seeds=1, budget=8)
     assert [r.method for r in rows] == [
         "white-box", "ours (critical history)", "SPSA", "SPSA-GC", "NES", "RL (REINFORCE)",
-        "CMA-ES (separable)",
+        "CMA-ES (separable)", "queried history", "subspace SPSA (d=256)",
+        "subspace CMA-ES (d=256)", "prior-guided (proxy)", "prior-guided (proxy + 1 random)",
     ]  # fmt: skip
     assert meta["parameters"] == 9067 and meta["budget"] == 8 and meta["clips"] == 2
     assert meta["best_loss"] <= meta["target_loss"] <= meta["half_loss"] <= meta["start_loss"]
@@ -33,6 +37,7 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
         assert math.isfinite(row.final_loss) and 0.0 <= row.final_top1 <= 1.0
     table = format_table(rows, meta)
     assert "| white-box |" in table and "critical history at m = 10" in table
+    assert "| prior-guided (proxy) |" in table
     # the buffer holds m = 10 estimates of 9,067 float32 parameters once full (budget 8 = 4 steps)
     assert meta["history_bytes"] == 4 * 9067 * 4
     assert 0.0 < meta["history_share_of_step_peak"] < 1.0
@@ -62,3 +67,5 @@ def test_the_white_box_gradient_flows_into_the_head(task_factory) -> None:
     assert torch.equal(torch.random.get_rng_state(), state)  # building a task leaves it alone
     gradient = task.true_gradient(task.start)
     assert gradient.shape == task.start.shape and float(gradient.norm()) > 0
+    prior = task.prior(task.start)  # the proxy's gradient: another model, the same parameters
+    assert prior.shape == gradient.shape and not torch.equal(prior, gradient)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -41,20 +42,30 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
+from privacy_lit.callbacks.signal import recognizer_gradient
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.base import Request
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.models.anonymizer import Anonymizer, to_float, to_uint8
+from privacy_lit.proxy import RecognizerProxy, UtilityProxy
 from privacy_lit.utility.retrieval import RetrievalScorer
-from privacy_lit.zo.history import CriticalHistoryEstimator
-from privacy_lit.zo.optimizers import (
+from privacy_lit.zo.estimators import (
     CMAES,
     NES,
     SPSA,
     SPSAGC,
     CountingObjective,
+    Estimate,
+    Evaluate,
+    GradientEstimator,
+    HistoryEnhanced,
+    PriorGuided,
+    QueriedHistory,
     Reinforce,
-    ZerothOrderOptimizer,
+    StepContext,
+    SubspaceCMAES,
+    SubspaceSPSA,
+    descend,
 )
 from privacy_lit.zo.spsa import GainSchedule, assign_flat, flat_parameters
 
@@ -81,10 +92,12 @@ class HeadTask:
         mllm: EmbeddedActionMLLM,
         num_clips: int = 8,
         seed: int = 0,
+        proxy: UtilityProxy | None = None,
     ):
         data.prepare_data()
         self.mllm = mllm
         self.mllm.prepare()
+        self.proxy = proxy
         self.scorer = RetrievalScorer(data.class_names)
         dataset = data.utility_dataset("train")
         generator = torch.Generator().manual_seed(seed)
@@ -109,76 +122,113 @@ class HeadTask:
         return self.anonymizer.decode(self.frames, self.features)
 
     @torch.no_grad()
-    def answers(self, theta: Tensor) -> list[str]:
-        pixels = to_uint8(self._frames(theta)).reshape(self.shape)
-        return [
-            a.text for a in self.mllm.answer([Request(c, "What is happening?") for c in pixels])
-        ]
+    def answers(self, points: list[Tensor]) -> list[str]:
+        """The black box's answers for every clip at every point, in one backend call."""
+        pixels = [to_uint8(self._frames(theta)).reshape(self.shape) for theta in points]
+        requests = [Request(c, "What is happening?") for p in pixels for c in p]
+        return [a.text for a in self.mllm.answer(requests)]
+
+    def losses(self, points: list[Tensor]) -> list[float]:
+        """One evaluation per point: one black-box query per clip, answers → retrieval CE."""
+        answers, n = self.answers(points), len(self.actions)
+        return [float(self.scorer.loss(answers[i : i + n], self.actions))
+                for i in range(0, len(answers), n)]  # fmt: skip
 
     def loss(self, theta: Tensor) -> float:
-        """One evaluation: one black-box query per clip, answers → retrieval cross-entropy."""
-        return float(self.scorer.loss(self.answers(theta), self.actions))
+        return self.losses([theta])[0]
 
     def top1(self, theta: Tensor) -> float:
-        predicted = self.scorer.predict(self.answers(theta))
+        predicted = self.scorer.predict(self.answers([theta]))
         return float((predicted == self.actions).float().mean())
+
+    def _gradient_of(self, model_loss: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
+        for p in self.params:
+            p.requires_grad_(True)
+        loss = model_loss(self._frames(theta).reshape(*self.shape[:2], 3, *self.shape[2:4]))
+        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
 
     def true_gradient(self, theta: Tensor) -> Tensor:
         """∇θ of the recognizer's cross-entropy on the float clips (what the black box hides)."""
         for p in self.params:
             p.requires_grad_(True)
-        frames = self._frames(theta)
-        clips = frames.reshape(*self.shape[:2], *frames.shape[1:]).transpose(1, 2)
-        loss = F.cross_entropy(self.mllm.recognizer(clips), self.actions)
-        gradient = torch.autograd.grad(loss, self.params)
-        return torch.cat([g.reshape(-1) for g in gradient])
+        return recognizer_gradient(self.mllm.recognizer, lambda: self._frames(theta), self.shape,
+                                   self.actions, self.params)  # fmt: skip
+
+    def prior(self, theta: Tensor) -> Tensor | None:
+        """∇θ of the proxy's utility loss (None without a proxy): a prior-guided estimator's
+        prior, from a model that is not the black box."""
+        if self.proxy is None:
+            return None
+        return self._gradient_of(lambda x: self.proxy.loss(x, {"action": self.actions}), theta)
 
 
-class WhiteBox(ZerothOrderOptimizer):
-    """Gradient descent on the true gradient (one black-box evaluation per step, for the curve)."""
+class WhiteBox(GradientEstimator):
+    """The true gradient of the stand-in's recognizer (one evaluation per step, for the curve):
+    the limit every zeroth-order estimator is measured against."""
 
-    def __init__(self, task: HeadTask, lr: float, seed: int = 0):
-        super().__init__(seed)
-        self.task, self.lr = task, lr
+    def __init__(self, task: HeadTask):
+        self.task = task
 
-    def _step(self, theta: Tensor, objective: Callable[[Tensor], float]) -> Tensor:
-        self.gradient = self.task.true_gradient(theta)
-        objective(theta)
-        return theta - self.lr * self.gradient
+    def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
+        gradient = self.task.true_gradient(theta)
+        return Estimate(gradient, evaluate([theta])[0], queries=1)
 
 
-def optimizers(task: HeadTask, seed: int) -> dict[str, ZerothOrderOptimizer]:
-    """Every method with gains for this task: estimates over 9,067 parameters have norms of
-    ~|ΔL|/(2c)·√p ≈ 10³, so App. E's a = 0.01 would jump far past any minimum here."""
+PAPER = "ours (critical history)"
+"""The paper's estimator's row name (the ratios in the table are against plain SPSA)."""
+
+
+def methods(task: HeadTask, seed: int) -> dict[str, tuple[GradientEstimator, GainSchedule]]:
+    """Every estimator with gains for this task: estimates over 9,067 parameters have norms of
+    ~|ΔL|/(2c)·√p ≈ 10³, so App. E's a = 0.01 would jump far past any minimum here. Projection
+    estimators (prior-guided, queried history) have norms ~|∂L/∂u| instead, ~√p times less, so
+    their gain is larger by about that factor."""
     gains = GainSchedule(a=2e-4, a_decay=0.4, c=0.005, c_decay=0.2)
-    return {
-        "white-box": WhiteBox(task, lr=1e-3, seed=seed),
-        "ours (critical history)": SPSA(gains, CriticalHistoryEstimator(), seed=seed),
-        "SPSA": SPSA(gains, seed=seed),
-        "SPSA-GC": SPSAGC(GainSchedule(a=2e-5, a_decay=0.4, c=0.005, c_decay=0.2), seed=seed),
-        "NES": NES(lr=2e-4, sigma=0.005, population=1, seed=seed),
-        "RL (REINFORCE)": Reinforce(lr=1e-4, sigma=0.005, population=2, seed=seed),
-        "CMA-ES (separable)": CMAES(sigma=0.05, popsize=8, seed=seed),
-    }
+    constant = GainSchedule(a=2e-4, a_decay=0.0, c=0.005, c_decay=0.0)
+    projected = GainSchedule(a=2e-2, a_decay=0.4, c=0.005, c_decay=0.2)
+    rows: dict[str, tuple[GradientEstimator, GainSchedule]] = {
+        "white-box": (WhiteBox(task), GainSchedule(a=1e-3, a_decay=0.0)),
+        PAPER: (HistoryEnhanced(SPSA(seed=seed)), gains),
+        "SPSA": (SPSA(seed=seed), gains),
+        "SPSA-GC": (SPSAGC(seed=seed), GainSchedule(a=2e-5, a_decay=0.4, c=0.005, c_decay=0.2)),
+        "NES": (NES(population=1, seed=seed), constant),
+        "RL (REINFORCE)": (Reinforce(population=2, seed=seed),
+                           GainSchedule(a=1e-4, a_decay=0.0, c=0.005, c_decay=0.0)),
+        "CMA-ES (separable)": (CMAES(sigma=0.05, popsize=8, seed=seed), gains),
+        "queried history": (QueriedHistory(num_random=1, seed=seed), projected),
+        "subspace SPSA (d=256)": (SubspaceSPSA(dim=256, seed=seed),
+                                  GainSchedule(a=2e-3, a_decay=0.4, c=0.005, c_decay=0.2)),
+        "subspace CMA-ES (d=256)": (SubspaceCMAES(dim=256, sigma=0.05, popsize=8, seed=seed),
+                                    gains),
+    }  # fmt: skip
+    if task.proxy is not None:
+        rows["prior-guided (proxy)"] = (PriorGuided(seed=seed), projected)
+        rows["prior-guided (proxy + 1 random)"] = (PriorGuided(num_random=1, seed=seed), projected)
+    return rows
 
 
 def _run(
-    task: HeadTask, optimizer: ZerothOrderOptimizer, budget: int, cosine_every: int = 4
+    task: HeadTask,
+    estimator: GradientEstimator,
+    gains: GainSchedule,
+    budget: int,
+    cosine_every: int = 4,
 ) -> dict:
-    objective = CountingObjective(task.loss)
+    objective = CountingObjective(task.losses)
     theta, curve, gradients, cosines, flat = task.start.clone(), [], [], [], []
     start = time.perf_counter()
+    k = 0
     while objective.evaluations < budget:
         at = theta
-        theta = optimizer.step(theta, objective)
+        prior = task.prior(theta) if estimator.needs_prior else None
+        theta, estimate = descend(theta, estimator, objective, gains, k, prior)
+        k += 1
         curve.append((objective.evaluations, task.loss(theta)))  # not counted: bookkeeping
-        if optimizer.gradient is None:
-            continue
-        gradients.append(optimizer.gradient.detach().clone())
-        raw = getattr(optimizer, "estimate_", None)  # SPSA's ĝ_k before history; else followed
-        raw = optimizer.gradient if raw is None else raw
-        flat.append(float(not raw.any()))
-        if not isinstance(optimizer, WhiteBox) and len(gradients) % cosine_every == 1:
+        if isinstance(estimator, (CMAES, WhiteBox)):
+            continue  # CMA-ES has no gradient estimate; the white box's is the reference
+        gradients.append(estimate.direction.detach().clone())
+        flat.append(float(not estimate.raw.any()))
+        if len(gradients) % cosine_every == 1:
             true = task.true_gradient(at)  # at the point the estimate was taken
             cosines.append(float(F.cosine_similarity(gradients[-1], true, dim=0)))
     variance = float(torch.stack(gradients).var(0).mean()) if len(gradients) > 1 else math.nan
@@ -187,7 +237,7 @@ def _run(
         "final_loss": curve[-1][1],
         "final_top1": task.top1(theta),
         "variance": variance,
-        "cosine": 1.0 if isinstance(optimizer, WhiteBox) else _mean(cosines),
+        "cosine": 1.0 if isinstance(estimator, WhiteBox) else _median(cosines),
         "flat": _mean(flat),
         "seconds": time.perf_counter() - start,
     }
@@ -215,13 +265,13 @@ def peak_step_bytes(step: Callable[[], object]) -> int:
     return peak
 
 
-def history_memory(task: HeadTask, optimizer: SPSA) -> dict[str, float]:
-    """The buffer ``optimizer`` holds after its run vs the peak of one more of its steps."""
-    buffer = sum(g.numel() * g.element_size() for g in optimizer.history.history.gradients)
+def history_memory(task: HeadTask, estimator: HistoryEnhanced, gains: GainSchedule) -> dict:
+    """The buffer ``estimator`` holds after its run vs the peak of one more of its steps."""
+    buffer = sum(g.numel() * g.element_size() for g in estimator.history.history.gradients)
     theta = task.start.clone()
-    step = peak_step_bytes(lambda: optimizer.step(theta, task.loss))
+    step = peak_step_bytes(lambda: descend(theta, estimator, task.losses, gains, 0))
     return {
-        "history_capacity": optimizer.history.history.capacity,
+        "history_capacity": estimator.history.history.capacity,
         "history_bytes": buffer,
         "step_peak_bytes": step,
         "history_share_of_step_peak": buffer / (step + buffer),
@@ -229,20 +279,24 @@ def history_memory(task: HeadTask, optimizer: SPSA) -> dict[str, float]:
 
 
 def run(
-    make_task: Callable[[int], HeadTask], seeds: int, budget: int, hold: int = 3
-) -> tuple[list[BenchRow], dict]:
-    """Every optimizer on ``make_task(seed)`` for each seed, ``budget`` queries per sample each."""
+    make_task: Callable[[int], HeadTask], seeds: int, budget: int, hold: int = 3,
+    only: list[str] | None = None,
+) -> tuple[list[BenchRow], dict]:  # fmt: skip
+    """Every estimator (or those named in ``only``) on ``make_task(seed)`` for each seed,
+    ``budget`` queries per sample each."""
     runs: dict[str, list[dict]] = {}
     initial = []
     memory: dict[str, float] = {}
     for seed in range(seeds):
         task = make_task(seed)
         initial.append(task.loss(task.start))
-        for name, optimizer in optimizers(task, seed).items():
-            runs.setdefault(name, []).append(_run(task, optimizer, budget))
+        for name, (estimator, gains) in methods(task, seed).items():
+            if only is not None and name not in only:
+                continue
+            runs.setdefault(name, []).append(_run(task, estimator, gains, budget))
             print(f"seed {seed} {name}: final loss {runs[name][-1]['final_loss']:.3f}", flush=True)
-            if seed == 0 and isinstance(optimizer, SPSA) and optimizer.history is not None:
-                memory = history_memory(task, optimizer)
+            if seed == 0 and name == PAPER:
+                memory = history_memory(task, estimator, gains)
     best = min(_mean(r["final_loss"] for r in rs) for rs in runs.values())
     start_loss = _mean(initial)
     half, target = (start_loss - share * (start_loss - best) for share in (0.5, 0.9))
@@ -252,7 +306,7 @@ def run(
             name, _mean(queries_to_target(r["curve"], half, hold) for r in rs),
             _mean(queries_to_target(r["curve"], target, hold) for r in rs),
             _mean(r["final_loss"] for r in rs), _mean(r["final_top1"] for r in rs),
-            _mean(r["variance"] for r in rs), _mean(r["cosine"] for r in rs),
+            _mean(r["variance"] for r in rs), _median(r["cosine"] for r in rs),
             _mean(r["flat"] for r in rs), _mean(r["seconds"] for r in rs),
         ))  # fmt: skip
     meta = {
@@ -262,6 +316,11 @@ def run(
         "hold": hold, **memory,
     }  # fmt: skip
     return rows, meta
+
+
+def _median(values) -> float:
+    values = [v for v in values if v == v]
+    return statistics.median(values) if values else math.nan
 
 
 def _mean(values) -> float:
@@ -276,17 +335,27 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
         f"held for {meta['hold']} steps; {meta['parameters']} parameters, budget "
         f"{meta['budget']} queries per sample, {meta['seeds']} seeds, {meta['clips']} clips",
         "| method | queries/sample to 50 % | to 90 % | final loss | final top-1 | grad. variance "
-        "| cos(ĝ, ∇) | flat steps | s/run |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| cos(ĝ, ∇) (median) | flat steps | queries / SPSA's (50 % / 90 %) | s/run |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---|---:|",
     ]
+    by_name = {r.method: r for r in rows}
+    spsa = by_name.get("SPSA")
     for r in rows:
+        versus = (
+            "—"
+            if spsa is None
+            else (
+                f"{_ratio(r.queries_to_half, spsa.queries_to_half)} / "
+                f"{_ratio(r.queries_to_target, spsa.queries_to_target)}"
+            )
+        )
         lines.append(
             f"| {r.method} | {r.queries_to_half:.1f} | {r.queries_to_target:.1f} | "
             f"{r.final_loss:.3f} | {100 * r.final_top1:.1f} | {r.gradient_variance:.3g} | "
-            f"{r.cosine_to_true_gradient:.3f} | {r.flat_estimates:.2f} | {r.seconds:.0f} |"
+            f"{r.cosine_to_true_gradient:.3f} | {r.flat_estimates:.2f} | {versus} | "
+            f"{r.seconds:.0f} |"
         )
-    by_name = {r.method: r for r in rows}
-    ours, spsa = by_name.get("ours (critical history)"), by_name.get("SPSA")
+    ours = by_name.get(PAPER)
     if ours and spsa:
         lines.append(
             "queries of critical history / plain SPSA: "
@@ -305,9 +374,11 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
 
 
 def _ratio(ours: float, theirs: float) -> str:
-    if math.isinf(ours) or math.isinf(theirs) or theirs == 0:
-        return "n/a (a method never held the target)"
-    return f"{ours / theirs:.2f}"
+    if math.isinf(ours):
+        return "never"
+    if math.isinf(theirs):
+        return "SPSA never"
+    return f"{ours / theirs:.2f}" if theirs else "n/a"
 
 
 def main(argv: list[str]) -> None:
@@ -321,10 +392,40 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--budget", type=int, default=64, help="queries per sample per run")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
+    parser.add_argument("--only", nargs="+", default=None, help="run these rows only")
+    parser.add_argument("--no-proxy", action="store_true",
+                        help="skip the prior-guided rows (no proxy recognizer to train)")
+    parser.add_argument("--objective", choices=("head", "training"), default="head",
+                        help="head: the utility-only head task; training: the config's "
+                        "adversarial phase per estimator, evaluated by its protocol")
+    training = parser.add_argument_group("--objective training (privacy_lit.bench.zo_training)")
+    training.add_argument("--config", default="conf/demo.yaml")
+    training.add_argument("--out", type=Path, default=Path("runs/bench_zo_training"))
+    training.add_argument("--pretrained", type=Path, default=None,
+                          help="a checkpoint at the end of pre-training (default: train one)")
+    training.add_argument("--reviewer-epochs", type=int, default=8)
+    training.add_argument("--no-surrogate", action="store_true")
+    training.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
+                          help="a CLI override passed to every fit (repeatable)")
     args = parser.parse_args(argv)
+    if args.objective == "training":
+        from privacy_lit.bench import zo_training
+
+        rows = zo_training.run(args.config, args.out, args.seeds, args.reviewer_epochs, args.set,
+                               args.pretrained, args.only, not args.no_surrogate)
+        print(zo_training.format_table(rows, args.seeds))
+        if args.json:
+            args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
+        return
     data = SyntheticDataModule(args.root, seed=0)
     mllm = EmbeddedActionMLLM(args.root, str(Path(args.root) / "standin_recognizer.pt"))
-    rows, meta = run(lambda seed: HeadTask(data, mllm, args.clips, seed), args.seeds, args.budget)
+    proxy = None
+    if not args.no_proxy:
+        data.prepare_data()
+        proxy = RecognizerProxy()
+        proxy.prepare(data, torch.device("cpu"))
+    rows, meta = run(lambda seed: HeadTask(data, mllm, args.clips, seed, proxy), args.seeds,
+                     args.budget, only=args.only)  # fmt: skip
     print(format_table(rows, meta))
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], **meta}, indent=2))

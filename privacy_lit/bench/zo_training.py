@@ -1,0 +1,192 @@
+"""``bench zo --objective training``: estimators on the demo's adversarial phase itself.
+
+The head task of :mod:`privacy_lit.bench.zo` asks which estimator descends the black-box loss
+fastest. This mode asks what a user gets: every estimator runs the adversarial phase of a config
+(by default ``conf/demo.yaml``: privacy push, augmented Tchebycheff switch, reviewer updates),
+from one shared pre-training checkpoint (reconstruction and reviewer phases, which never query the
+black box, so they are the same for every estimator), with the same seeds, and is evaluated by
+the config's protocol (black-box top-1 on the test clips, cMAP of a fresh reviewer). The
+*no-signal control* runs the paper's queries with a zero utility direction
+(:class:`~privacy_lit.zo.estimators.NoSignal`): the loss values still drive the switch, so its row
+shows what the switch and the privacy push reach alone, and every other row what its direction
+adds. The surrogate comparison is evaluated in the paper estimator's runs.
+
+Reported per estimator, mean ± std over seeds: top-1, cMAP, black-box calls per training sample
+and the median cosine of the followed utility direction with the white-box gradient
+(:class:`~privacy_lit.callbacks.signal.UtilitySignalMeter`). A row dominates another when its
+mean is at least as good on both axes and better on one; "beyond the spread" when each
+difference also exceeds the two rows' standard deviations added.
+
+Every run is a plain ``fit`` of the CLI (the same code a user runs), in this process.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import statistics
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from privacy_lit.callbacks.signal import UtilitySignalMeter
+from privacy_lit.evaluation import read_results
+
+ESTIMATORS: dict[str, list[str]] = {
+    "paper (SPSA + critical history)": [],
+    "no signal (control)": ["--model.estimator=privacy_lit.zo.estimators.NoSignal"],
+    "prior-guided (proxy)": [
+        "--model.estimator=privacy_lit.zo.estimators.PriorGuided",
+        "--model.proxy=privacy_lit.proxy.RecognizerProxy",
+    ],
+}
+"""Rows and the CLI arguments that select their estimator (all at 2 queries per clip per step)."""
+
+PAPER = "paper (SPSA + critical history)"
+SURROGATE = "surrogate (true gradients of a TSM recognizer)"
+
+
+@dataclass
+class TrainingRow:
+    method: str
+    top1: list[float]
+    cmap: list[float]
+    calls_per_sample: list[float]
+    median_cosine: list[float]
+
+    def mean(self, field: str) -> float:
+        values = [v for v in getattr(self, field) if v == v]
+        return statistics.fmean(values) if values else math.nan
+
+    def std(self, field: str) -> float:
+        values = [v for v in getattr(self, field) if v == v]
+        return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def _loggers(out: Path) -> str:
+    return json.dumps(
+        [{"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}]
+    )
+
+
+def pretrain(config: str, out: Path, extra: list[str]) -> Path:
+    """The config's pre-training phases once (no black-box query): the shared starting point."""
+    from privacy_lit.cli import main
+
+    cli = main(["fit", "--config", config, f"--trainer.default_root_dir={out}",
+                f"--trainer.logger={_loggers(out)}", "--trainer.callbacks.init_args.baselines=[]",
+                "--trainer.callbacks.init_args.reviewer_epochs=0", *extra,
+                f"--trainer.max_epochs={_pretraining_epochs(config, extra)}"])  # fmt: skip
+    return Path(cli.trainer.checkpoint_callback.best_model_path or _last_checkpoint(out))
+
+
+def _pretraining_epochs(config: str, extra: list[str]) -> int:
+    import yaml
+
+    model = yaml.safe_load(Path(config).read_text()).get("model", {})
+    epochs = model.get("recon_epochs", 2) + model.get("reviewer_epochs", 2)
+    for arg in extra:  # an override of either phase on the command line wins
+        key, _, value = arg.partition("=")
+        if key == "--model.recon_epochs":
+            epochs += int(value) - model.get("recon_epochs", 2)
+        if key == "--model.reviewer_epochs":
+            epochs += int(value) - model.get("reviewer_epochs", 2)
+    return epochs
+
+
+def _last_checkpoint(out: Path) -> Path:
+    found = sorted(out.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
+    if not found:
+        raise FileNotFoundError(f"pre-training wrote no checkpoint under {out}")
+    return found[-1]
+
+
+def run_one(
+    config: str, checkpoint: Path, out: Path, seed: int, estimator_args: list[str],
+    baselines: list[str], reviewer_epochs: int, extra: list[str],
+) -> tuple[dict[str, dict], float]:  # fmt: skip
+    """One adversarial phase from ``checkpoint``: the results rows by method and the signal
+    meter's median cosine."""
+    from privacy_lit.cli import main
+
+    cli = main(["fit", "--config", config, "--ckpt_path", str(checkpoint),
+                f"--seed_everything={seed}", f"--model.zo_seed={seed}",
+                f"--trainer.default_root_dir={out}", f"--trainer.logger={_loggers(out)}",
+                f"--trainer.callbacks.init_args.baselines={json.dumps(baselines)}",
+                f"--trainer.callbacks.init_args.reviewer_epochs={reviewer_epochs}",
+                f"--trainer.callbacks.init_args.adversarial.seed={seed}",
+                *estimator_args, *extra])  # fmt: skip
+    meters = [c for c in cli.trainer.callbacks if isinstance(c, UtilitySignalMeter)]
+    cosine = meters[0].summary()["median_cosine"] if meters else math.nan
+    results = Path(cli.trainer.log_dir) / "results.json"
+    rows, _ = read_results(results)
+    return {row.method: asdict(row) for row in rows}, cosine
+
+
+def run(
+    config: str, out: Path, seeds: int, reviewer_epochs: int, extra: list[str],
+    checkpoint: Path | None = None, only: list[str] | None = None, surrogate: bool = True,
+) -> list[TrainingRow]:  # fmt: skip
+    checkpoint = checkpoint or pretrain(config, out / "pretrain", extra)
+    rows: dict[str, TrainingRow] = {}
+
+    def add(name: str, result: dict, cosine: float) -> None:
+        row = rows.setdefault(name, TrainingRow(name, [], [], [], []))
+        row.top1.append(result["top1"])
+        row.cmap.append(result["cmap"])
+        row.calls_per_sample.append(result["mllm_calls_per_sample"])
+        row.median_cosine.append(cosine)
+
+    for seed in range(seeds):
+        for name, args in ESTIMATORS.items():
+            if only is not None and name not in only:
+                continue
+            baselines = ["surrogate"] if surrogate and name == PAPER else []
+            results, cosine = run_one(config, checkpoint, out / f"{_slug(name)}-seed{seed}",
+                                      seed, args, baselines, reviewer_epochs, extra)  # fmt: skip
+            ours = results["ours"]
+            add(name, ours, cosine)
+            if "surrogate" in results:
+                add(SURROGATE, results["surrogate"], math.nan)
+            print(f"seed {seed} {name}: top-1 {100 * ours['top1']:.1f}, cMAP "
+                  f"{100 * ours['cmap']:.1f}, cosine {cosine:.3f}", flush=True)  # fmt: skip
+    return list(rows.values())
+
+
+def _slug(name: str) -> str:
+    return "".join(c if c.isalnum() else "_" for c in name.split(" (")[0]).strip("_")
+
+
+def dominance(rows: list[TrainingRow], row: TrainingRow) -> list[str]:
+    """The rows whose means dominate ``row``'s (top-1 ↑, cMAP ↓), marked "(within noise)" where a
+    difference does not exceed the two standard deviations added."""
+    out = []
+    for other in rows:
+        if other is row:
+            continue
+        dt = other.mean("top1") - row.mean("top1")
+        dc = row.mean("cmap") - other.mean("cmap")
+        if dt >= 0 and dc >= 0 and (dt > 0 or dc > 0):
+            beyond = all(
+                d > other.std(f) + row.std(f) for d, f in ((dt, "top1"), (dc, "cmap")) if d > 0
+            )
+            out.append(other.method + ("" if beyond else " (within noise)"))
+    return out
+
+
+def format_table(rows: list[TrainingRow], seeds: int) -> str:
+    def pm(row: TrainingRow, field: str, scale: float = 100.0, digits: int = 1) -> str:
+        return f"{scale * row.mean(field):.{digits}f} ± {scale * row.std(field):.{digits}f}"
+
+    lines = [
+        f"the adversarial phase per estimator, mean ± std over {seeds} seeds",
+        "| method | top-1 (%) ↑ | cMAP (%) ↓ | MLLM calls / sample | median cos(direction, ∇) "
+        "| dominated by |",
+        "|---|---:|---:|---:|---:|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row.method} | {pm(row, 'top1')} | {pm(row, 'cmap')} | "
+            f"{row.mean('calls_per_sample'):.1f} | {pm(row, 'median_cosine', 1.0, 3)} | "
+            f"{', '.join(dominance(rows, row)) or '—'} |"
+        )
+    return "\n".join(lines)
