@@ -83,3 +83,34 @@ def test_training_the_standin_leaves_the_callers_random_state_alone(
     trained = state_after_prepare()
     assert (tmp_path / "standin.pt").is_file()
     assert torch.equal(state_after_prepare(), trained)  # cached
+
+
+def test_standin_wording_follows_its_belief_not_the_pixels(standin: EmbeddedActionMLLM) -> None:
+    clips = torch.randint(0, 256, (6, 8, 64, 64, 3), dtype=torch.uint8,
+                          generator=torch.Generator().manual_seed(3))  # fmt: skip
+    nudged = clips.clone()
+    nudged[:, 0, 0, 0, 0] ^= 1  # one pixel of one frame, by one grey level
+    answers = standin.answer([Request(c, "q") for c in clips])
+    again = standin.answer([Request(c, "q") for c in nudged])
+    assert [a.text for a in answers] == [a.text for a in again]  # greedy: the belief is unchanged
+    probs = torch.tensor(
+        [0.7, 0.2] + [0.1 / (len(standin.classes) - 2)] * (len(standin.classes) - 2)
+    )
+    said = {standin._phrase(probs.roll(i), clips[0]).text for i in range(len(standin.classes))}
+    assert len(said) == len(standin.classes)  # each class in its own words
+
+
+def test_standin_temperature_is_an_explicit_noisier_option(tiny_root: Path) -> None:
+    with pytest.raises(ValueError, match="temperature"):
+        EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), temperature=-1.0)
+    hot = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1,
+                             temperature=5.0)  # fmt: skip
+    clip = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8)
+    first = hot.answer([Request(clip, "q")])[0].text
+    assert hot.answer([Request(clip, "q")])[0].text == first  # seeded per query: reproducible
+    nudges = []
+    for i in range(12):
+        nudged = clip.clone()
+        nudged[0, 0, i, 0] ^= 1
+        nudges.append(hot.answer([Request(nudged, "q")])[0].text)
+    assert len(set(nudges)) > 1  # at a high temperature an imperceptible change redraws
