@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -69,3 +70,34 @@ def test_the_white_box_gradient_flows_into_the_head(task_factory) -> None:
     assert gradient.shape == task.start.shape and float(gradient.norm()) > 0
     prior = task.prior(task.start)  # the proxy's gradient: another model, the same parameters
     assert prior.shape == gradient.shape and not torch.equal(prior, gradient)
+
+
+@pytest.mark.slow
+def test_bench_on_the_training_objective_compares_estimators_at_equal_calls(
+    tiny_root: Path, tmp_path: Path
+) -> None:
+    from privacy_lit.bench import zo_training
+
+    tiny = [
+        f"--data.init_args.root={tiny_root}",
+        f"--data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
+        f"--data.init_args.images={json.dumps(TINY_IMAGES)}",
+        "--data.init_args.batch_size=4", "--data.init_args.privacy_batch_size=8",
+        f"--model.mllm.init_args.data_root={tiny_root}",
+        f"--model.mllm.init_args.checkpoint={tiny_root / 'standin.pt'}",
+        "--model.mllm.init_args.train_epochs=1", "--trainer.limit_train_batches=2",
+        "--model.recon_epochs=1", "--model.reviewer_epochs=1", "--trainer.max_epochs=3",
+    ]  # fmt: skip
+    only = ["no signal (control)", "prior-guided (proxy)"]
+    rows = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny, only=only, surrogate=False)
+    by_name = {r.method: r for r in rows}
+    assert set(by_name) == set(only)
+    control, guided = by_name["no signal (control)"], by_name["prior-guided (proxy)"]
+    assert control.calls_per_sample == guided.calls_per_sample  # the same budget of queries
+    assert control.median_cosine == [0.0]  # a zero direction carries no signal
+    assert -1.0 <= guided.median_cosine[0] <= 1.0
+    finished = sorted(tmp_path.rglob("results.json"))
+    again = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny, only=only, surrogate=False)
+    assert sorted(tmp_path.rglob("results.json")) == finished  # finished runs are not redone
+    assert [r.top1 for r in again] == [r.top1 for r in rows]
+    assert "| prior-guided (proxy) | 1 |" in zo_training.format_table(rows)

@@ -173,3 +173,11 @@ def test_the_paper_estimator_gives_the_same_theta_as_the_step_before_the_seam(
     reference = torch.load(REFERENCE, weights_only=True)
     for q in (1, 2):
         assert torch.equal(run_paper_steps(tiny_root, num_perturbations=q), reference[q])
+
+
+def test_a_zero_prior_still_reads_the_loss_for_the_tchebycheff_switch() -> None:
+    estimate = zo.PriorGuided().estimate(
+        START, quadratic, zo.StepContext(0, 0.01, prior=torch.zeros(P))
+    )
+    assert estimate.queries == 1 and estimate.loss == quadratic([START])[0]
+    assert not estimate.direction.any()

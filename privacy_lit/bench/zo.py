@@ -393,27 +393,52 @@ def main(argv: list[str]) -> None:
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
     parser.add_argument("--only", nargs="+", default=None, help="run these rows only")
-    parser.add_argument("--no-proxy", action="store_true",
-                        help="skip the prior-guided rows (no proxy recognizer to train)")
-    parser.add_argument("--objective", choices=("head", "training"), default="head",
-                        help="head: the utility-only head task; training: the config's "
-                        "adversarial phase per estimator, evaluated by its protocol")
+    parser.add_argument(
+        "--no-proxy",
+        action="store_true",
+        help="skip the prior-guided rows (no proxy recognizer to train)",
+    )
+    parser.add_argument(
+        "--objective",
+        choices=("head", "training"),
+        default="head",
+        help="head: the utility-only head task; training: the config's "
+        "adversarial phase per estimator, evaluated by its protocol",
+    )
     training = parser.add_argument_group("--objective training (privacy_lit.bench.zo_training)")
     training.add_argument("--config", default="conf/demo.yaml")
     training.add_argument("--out", type=Path, default=Path("runs/bench_zo_training"))
-    training.add_argument("--pretrained", type=Path, default=None,
-                          help="a checkpoint at the end of pre-training (default: train one)")
+    training.add_argument(
+        "--pretrained",
+        type=Path,
+        default=None,
+        help="a checkpoint at the end of pre-training (default: train one)",
+    )
     training.add_argument("--reviewer-epochs", type=int, default=8)
     training.add_argument("--no-surrogate", action="store_true")
-    training.add_argument("--set", action="append", default=[], metavar="--KEY=VALUE",
-                          help="a CLI override passed to every fit (repeatable)")
+    training.add_argument(
+        "--collect",
+        action="store_true",
+        help="only print the table of the runs already under --out",
+    )
+    training.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="--KEY=VALUE",
+        help="a CLI override passed to every fit (repeatable)",
+    )
     args = parser.parse_args(argv)
     if args.objective == "training":
         from privacy_lit.bench import zo_training
 
-        rows = zo_training.run(args.config, args.out, args.seeds, args.reviewer_epochs, args.set,
-                               args.pretrained, args.only, not args.no_surrogate)
-        print(zo_training.format_table(rows, args.seeds))
+        rows = (
+            zo_training.collect(args.out) if args.collect else zo_training.run(
+                args.config, args.out, args.seeds, args.reviewer_epochs, args.set,
+                args.pretrained, args.only, not args.no_surrogate,
+            )
+        )  # fmt: skip
+        print(zo_training.format_table(rows))
         if args.json:
             args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows]}, indent=2))
         return

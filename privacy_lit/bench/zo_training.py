@@ -22,17 +22,18 @@ Every run is a plain ``fit`` of the CLI (the same code a user runs), in this pro
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import statistics
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
-from privacy_lit.callbacks.signal import UtilitySignalMeter
-from privacy_lit.evaluation import read_results
+from privacy_lit.evaluation import Row, read_results
 
 ESTIMATORS: dict[str, list[str]] = {
     "paper (SPSA + critical history)": [],
+    "SPSA (no history)": ["--model.use_history=false"],
     "no signal (control)": ["--model.estimator=privacy_lit.zo.estimators.NoSignal"],
     "prior-guided (proxy)": [
         "--model.estimator=privacy_lit.zo.estimators.PriorGuided",
@@ -103,53 +104,79 @@ def _last_checkpoint(out: Path) -> Path:
 def run_one(
     config: str, checkpoint: Path, out: Path, seed: int, estimator_args: list[str],
     baselines: list[str], reviewer_epochs: int, extra: list[str],
-) -> tuple[dict[str, dict], float]:  # fmt: skip
-    """One adversarial phase from ``checkpoint``: the results rows by method and the signal
-    meter's median cosine."""
+) -> None:  # fmt: skip
+    """One adversarial phase from ``checkpoint``, written under ``out`` (results.json and the
+    signal meter's medians in metrics.csv)."""
     from privacy_lit.cli import main
 
-    cli = main(["fit", "--config", config, "--ckpt_path", str(checkpoint),
-                f"--seed_everything={seed}", f"--model.zo_seed={seed}",
-                f"--trainer.default_root_dir={out}", f"--trainer.logger={_loggers(out)}",
-                f"--trainer.callbacks.init_args.baselines={json.dumps(baselines)}",
-                f"--trainer.callbacks.init_args.reviewer_epochs={reviewer_epochs}",
-                f"--trainer.callbacks.init_args.adversarial.seed={seed}",
-                *estimator_args, *extra])  # fmt: skip
-    meters = [c for c in cli.trainer.callbacks if isinstance(c, UtilitySignalMeter)]
-    cosine = meters[0].summary()["median_cosine"] if meters else math.nan
-    results = Path(cli.trainer.log_dir) / "results.json"
-    rows, _ = read_results(results)
-    return {row.method: asdict(row) for row in rows}, cosine
+    main(["fit", "--config", config, "--ckpt_path", str(checkpoint),
+          f"--seed_everything={seed}", f"--model.zo_seed={seed}",
+          f"--trainer.default_root_dir={out}", f"--trainer.logger={_loggers(out)}",
+          f"--trainer.callbacks.init_args.baselines={json.dumps(baselines)}",
+          f"--trainer.callbacks.init_args.reviewer_epochs={reviewer_epochs}",
+          f"--trainer.callbacks.init_args.adversarial.seed={seed}",
+          *estimator_args, *extra])  # fmt: skip
+
+
+def _run_dir(out: Path, name: str, seed: int) -> Path:
+    return out / f"{_slug(name)}-seed{seed}"
+
+
+def _finished(run_dir: Path) -> Path | None:
+    found = sorted(run_dir.glob("lightning_logs/version_*/results.json"))
+    return found[-1] if found else None
 
 
 def run(
     config: str, out: Path, seeds: int, reviewer_epochs: int, extra: list[str],
     checkpoint: Path | None = None, only: list[str] | None = None, surrogate: bool = True,
 ) -> list[TrainingRow]:  # fmt: skip
+    """Every estimator × seed that ``out`` does not hold yet (a bench that was stopped resumes
+    where it was), then the table of everything under ``out``."""
     checkpoint = checkpoint or pretrain(config, out / "pretrain", extra)
-    rows: dict[str, TrainingRow] = {}
-
-    def add(name: str, result: dict, cosine: float) -> None:
-        row = rows.setdefault(name, TrainingRow(name, [], [], [], []))
-        row.top1.append(result["top1"])
-        row.cmap.append(result["cmap"])
-        row.calls_per_sample.append(result["mllm_calls_per_sample"])
-        row.median_cosine.append(cosine)
-
     for seed in range(seeds):
         for name, args in ESTIMATORS.items():
-            if only is not None and name not in only:
+            if (only is not None and name not in only) or _finished(_run_dir(out, name, seed)):
                 continue
             baselines = ["surrogate"] if surrogate and name == PAPER else []
-            results, cosine = run_one(config, checkpoint, out / f"{_slug(name)}-seed{seed}",
-                                      seed, args, baselines, reviewer_epochs, extra)  # fmt: skip
-            ours = results["ours"]
-            add(name, ours, cosine)
-            if "surrogate" in results:
-                add(SURROGATE, results["surrogate"], math.nan)
-            print(f"seed {seed} {name}: top-1 {100 * ours['top1']:.1f}, cMAP "
-                  f"{100 * ours['cmap']:.1f}, cosine {cosine:.3f}", flush=True)  # fmt: skip
+            run_one(config, checkpoint, _run_dir(out, name, seed), seed, args, baselines,
+                    reviewer_epochs, extra)  # fmt: skip
+    return collect(out)
+
+
+def collect(out: Path) -> list[TrainingRow]:
+    """Rows from the finished runs under ``out``: each run's ``ours`` (and surrogate) results and
+    the signal meter's median cosine from its metrics.csv."""
+    rows: dict[str, TrainingRow] = {}
+
+    def add(name: str, result: Row, cosine: float) -> None:
+        row = rows.setdefault(name, TrainingRow(name, [], [], [], []))
+        row.top1.append(result.top1)
+        row.cmap.append(result.cmap)
+        row.calls_per_sample.append(result.mllm_calls_per_sample)
+        row.median_cosine.append(cosine)
+
+    for name in ESTIMATORS:
+        for run_dir in sorted(out.glob(f"{_slug(name)}-seed*")):
+            results = _finished(run_dir)
+            if results is None:
+                continue
+            by_method = {row.method: row for row in read_results(results)[0]}
+            add(name, by_method["ours"], _median_cosine(results.parent / "metrics.csv"))
+            if "surrogate" in by_method:
+                add(SURROGATE, by_method["surrogate"], math.nan)
     return list(rows.values())
+
+
+def _median_cosine(metrics: Path) -> float:
+    """The last ``signal/median_cosine`` the meter logged (NaN if none)."""
+    value = math.nan
+    if metrics.is_file():
+        with metrics.open() as f:
+            for record in csv.DictReader(f):
+                if record.get("signal/median_cosine"):
+                    value = float(record["signal/median_cosine"])
+    return value
 
 
 def _slug(name: str) -> str:
@@ -173,19 +200,19 @@ def dominance(rows: list[TrainingRow], row: TrainingRow) -> list[str]:
     return out
 
 
-def format_table(rows: list[TrainingRow], seeds: int) -> str:
+def format_table(rows: list[TrainingRow]) -> str:
     def pm(row: TrainingRow, field: str, scale: float = 100.0, digits: int = 1) -> str:
         return f"{scale * row.mean(field):.{digits}f} ± {scale * row.std(field):.{digits}f}"
 
     lines = [
-        f"the adversarial phase per estimator, mean ± std over {seeds} seeds",
-        "| method | top-1 (%) ↑ | cMAP (%) ↓ | MLLM calls / sample | median cos(direction, ∇) "
-        "| dominated by |",
-        "|---|---:|---:|---:|---:|---|",
+        "the adversarial phase per estimator, mean ± std over seeds",
+        "| method | seeds | top-1 (%) ↑ | cMAP (%) ↓ | MLLM calls / sample "
+        "| median cos(direction, ∇) | dominated by |",
+        "|---|---:|---:|---:|---:|---:|---|",
     ]
     for row in rows:
         lines.append(
-            f"| {row.method} | {pm(row, 'top1')} | {pm(row, 'cmap')} | "
+            f"| {row.method} | {len(row.top1)} | {pm(row, 'top1')} | {pm(row, 'cmap')} | "
             f"{row.mean('calls_per_sample'):.1f} | {pm(row, 'median_cosine', 1.0, 3)} | "
             f"{', '.join(dominance(rows, row)) or '—'} |"
         )

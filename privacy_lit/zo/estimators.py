@@ -372,8 +372,10 @@ class PriorGuided(GradientEstimator):
             for j in range(self.num_random)
         ]
         basis = [u.to(theta) for u in _orthonormal(candidates)]
-        if not basis:  # a zero prior and nothing else: nothing to measure, no step
-            return Estimate(torch.zeros_like(theta), math.nan, info={"prior_quality": math.nan})
+        if not basis:  # a zero prior and nothing else: no direction; L(θ_k) still read
+            loss = _checked(evaluate([theta]), 1)[0]
+            return Estimate(torch.zeros_like(theta), loss, queries=1,
+                            info={"prior_quality": math.nan})  # fmt: skip
         radius = context.c_k * math.sqrt(p)
         points = [theta + sign * radius * u for u in basis for sign in (1.0, -1.0)]
         losses = _checked(evaluate(points), len(points))
