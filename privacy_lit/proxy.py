@@ -16,7 +16,10 @@ by the measurement and costs two queries per step.
 
 from __future__ import annotations
 
+import hashlib
 from abc import ABC, abstractmethod
+from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,29 +53,51 @@ def _actions(utility: dict[str, Any], proxy: str) -> Tensor:
 class RecognizerProxy(UtilityProxy):
     """An action recognizer trained with cross-entropy on the raw training clips.
 
-    Args: as :class:`~privacy_lit.baselines.surrogate.SurrogateConfig` (the defaults are its
-    defaults, so on the embedded benchmark the proxy is the surrogate comparison's recognizer).
+    Args: ``family`` … ``seed`` as :class:`~privacy_lit.baselines.surrogate.SurrogateConfig` (the
+    defaults are its defaults, so on the embedded benchmark the proxy is the surrogate
+    comparison's recognizer). ``cache_dir``: keep the trained weights there, under a key of
+    everything they depend on (the configuration, the class names and the training clips' bytes),
+    so runs that share them train the proxy once.
     """
 
     def __init__(
         self, family: str = "tsm", epochs: int = 24, width: int = 8, lr: float = 3e-3,
-        batch_size: int = 16, seed: int = 1,
+        batch_size: int = 16, seed: int = 1, cache_dir: str | None = None,
     ):  # fmt: skip
         from privacy_lit.baselines.surrogate import SurrogateConfig
 
         self.config = SurrogateConfig(family, epochs, width, lr, batch_size, seed)
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
         self.model: nn.Module | None = None
 
     def prepare(self, datamodule: Any, device: torch.device) -> None:
         if self.model is None:
-            from privacy_lit.baselines.surrogate import train_recognizer_on_raw
+            from privacy_lit.baselines.surrogate import RECOGNIZER_FAMILIES, train_recognizer_on_raw
             from privacy_lit.evaluation import stack_dataset
 
             clips, actions = stack_dataset(datamodule.utility_dataset("train"), "clip", "action")
-            model = train_recognizer_on_raw(clips, actions, len(datamodule.class_names),
-                                            self.config, desc="proxy recognizer")  # fmt: skip
+            classes = list(datamodule.class_names)
+            cached = None if self.cache_dir is None else self._cache_path(clips, actions, classes)
+            if cached is not None and cached.is_file():
+                c = self.config
+                model = RECOGNIZER_FAMILIES[c.family](len(classes), width=c.width)
+                model.load_state_dict(torch.load(cached, map_location="cpu", weights_only=True))
+            else:
+                model = train_recognizer_on_raw(clips, actions, len(classes), self.config,
+                                                desc="proxy recognizer")  # fmt: skip
+                if cached is not None:
+                    cached.parent.mkdir(parents=True, exist_ok=True)
+                    tmp = cached.with_suffix(".tmp")
+                    torch.save(model.state_dict(), tmp)
+                    tmp.replace(cached)  # atomic: a crash never leaves half a cache entry
             self.model = model.eval().requires_grad_(False)
         self.model.to(device)
+
+    def _cache_path(self, clips: Tensor, actions: Tensor, classes: list[str]) -> Path:
+        key = hashlib.sha256(repr((asdict(self.config), classes)).encode())
+        key.update(clips.numpy().tobytes())
+        key.update(actions.numpy().tobytes())
+        return self.cache_dir / f"proxy_{self.config.family}_{key.hexdigest()[:16]}.pt"
 
     def loss(self, frames: Tensor, utility: dict[str, Any]) -> Tensor:
         if self.model is None:

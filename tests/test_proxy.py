@@ -82,3 +82,18 @@ def test_the_recognizer_proxy_is_the_surrogate_recognizer(tiny_root: Path) -> No
         assert torch.equal(a, b)  # one recognizer, one training function, one configuration
     with pytest.raises(RuntimeError, match="prepare"):
         RecognizerProxy().loss(_frames(), {"action": torch.tensor([0, 1])})
+
+
+def test_the_recognizer_proxy_cache_trains_once_per_key(tiny_root: Path, tmp_path: Path) -> None:
+    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+    first = RecognizerProxy(epochs=1, cache_dir=str(tmp_path))
+    first.prepare(data, torch.device("cpu"))
+    (entry,) = tmp_path.glob("proxy_tsm_*.pt")
+    second = RecognizerProxy(epochs=1, cache_dir=str(tmp_path))
+    second.prepare(data, torch.device("cpu"))
+    for a, b in zip(first.model.state_dict().values(), second.model.state_dict().values(),
+                    strict=True):  # fmt: skip
+        assert torch.equal(a, b)
+    RecognizerProxy(epochs=2, cache_dir=str(tmp_path)).prepare(data, torch.device("cpu"))
+    assert len(list(tmp_path.glob("proxy_tsm_*.pt"))) == 2  # another configuration, another key
+    assert entry.is_file()

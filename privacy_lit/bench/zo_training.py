@@ -139,6 +139,8 @@ def run(
             if (only is not None and name not in only) or _finished(_run_dir(out, name, seed)):
                 continue
             baselines = ["surrogate"] if surrogate and name == PAPER else []
+            if any(a.startswith("--model.proxy=") for a in args):  # train the proxy once
+                args = [*args, f"--model.proxy.init_args.cache_dir={out / 'proxy_cache'}"]
             run_one(config, checkpoint, _run_dir(out, name, seed), seed, args, baselines,
                     reviewer_epochs, extra)  # fmt: skip
     return collect(out)
