@@ -27,8 +27,10 @@ built from a few random directions has cosine ~√(q/p) with it. Two ways out:
 - *shrink the search space*: :class:`SubspaceSPSA` perturbs in a seeded random subspace of
   dimension d (BBT, Sun et al. 2022), :class:`SubspaceCMAES` runs CMA-ES there.
 
-Perturbation sizes: every estimator perturbs θ by vectors of the same norm as SPSA's c_kΔ_k
-(‖Δ_k‖ = √p), so one ``c`` means the same thing for all of them.
+Perturbation sizes: the random-direction estimators perturb θ by vectors of the same norm as
+SPSA's c_kΔ_k (‖Δ_k‖ = √p); the projection estimators move ``radius``·c_k along each unit
+direction they measure, which is what c_kΔ_k moves θ along any one direction. One ``c`` means the
+same thing for all of them.
 """
 
 from __future__ import annotations
@@ -326,8 +328,13 @@ class PriorGuided(GradientEstimator):
     The directions are, in this order and orthonormalized: the proxy's gradient at θ_k
     (``use_proxy``, from :attr:`StepContext.prior`), the previous step's direction
     (``use_previous``), and ``num_random`` seeded Gaussian directions. Along each unit direction u
-    the black box is queried at θ ± r·u with r = c_k√p (the norm of SPSA's perturbation): 2 queries
-    per direction. The estimate is the projection of the gradient on their span,
+    the black box is queried at θ ± r·u, 2 queries per direction, with r = ``radius``·c_k. The
+    unit of the radius is what SPSA's c_kΔ_k moves θ along any one unit direction (its component
+    c_k·Δ·u has standard deviation c_k). Text answers change in steps, so a move of c_k along a
+    direction rarely changes any answer; the loss is steepest along a good prior, so a move of
+    c_kΔ_k's whole norm (c_k√p ≈ 95·c_k) along it jumps past the nearest change. ``radius = 16``
+    lies between (how it was chosen: docs/estimators.md).
+    The estimate is the projection of the gradient on their span,
 
         ĝ = Σ_u d_u·u,   d_u = (L(θ + ru) − L(θ − ru)) / (2r),
 
@@ -343,14 +350,15 @@ class PriorGuided(GradientEstimator):
         use_proxy: bool = True,
         use_previous: bool = False,
         num_random: int = 0,
+        radius: float = 16.0,
         seed: int = 0,
     ):
-        if num_random < 0:
-            raise ValueError(f"num_random must be >= 0, got {num_random}")
+        if num_random < 0 or radius <= 0:
+            raise ValueError(f"need num_random >= 0 and radius > 0, got {num_random}, {radius}")
         if not (use_proxy or use_previous or num_random):
             raise ValueError("PriorGuided needs a proxy, the previous direction or random ones")
         self.use_proxy, self.use_previous = use_proxy, use_previous
-        self.num_random, self.seed = num_random, seed
+        self.num_random, self.radius, self.seed = num_random, radius, seed
         self.previous: Tensor | None = None
 
     @property
@@ -376,7 +384,7 @@ class PriorGuided(GradientEstimator):
             loss = _checked(evaluate([theta]), 1)[0]
             return Estimate(torch.zeros_like(theta), loss, queries=1,
                             info={"prior_quality": math.nan})  # fmt: skip
-        radius = context.c_k * math.sqrt(p)
+        radius = self.radius * context.c_k
         points = [theta + sign * radius * u for u in basis for sign in (1.0, -1.0)]
         losses = _checked(evaluate(points), len(points))
         slopes = [
@@ -408,8 +416,9 @@ class QueriedHistory(PriorGuided):
     """Meier et al. (2019): one antithetic pair on the previous step's direction, its coefficient
     measured, plus ``num_random`` random orthogonal directions (2 + 2·num_random queries)."""
 
-    def __init__(self, num_random: int = 1, seed: int = 0):
-        super().__init__(use_proxy=False, use_previous=True, num_random=num_random, seed=seed)
+    def __init__(self, num_random: int = 1, radius: float = 16.0, seed: int = 0):
+        super().__init__(use_proxy=False, use_previous=True, num_random=num_random,
+                         radius=radius, seed=seed)  # fmt: skip
 
 
 class _RandomSubspace:
