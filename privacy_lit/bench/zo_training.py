@@ -133,7 +133,9 @@ def run(
 ) -> list[TrainingRow]:  # fmt: skip
     """Every estimator × seed that ``out`` does not hold yet (a bench that was stopped resumes
     where it was), then the table of everything under ``out``."""
-    checkpoint = checkpoint or pretrain(config, out / "pretrain", extra)
+    if checkpoint is None:  # one pre-training per bench folder, kept for a resumed bench
+        found = sorted((out / "pretrain").rglob("*.ckpt"))
+        checkpoint = found[-1] if found else pretrain(config, out / "pretrain", extra)
     for seed in range(seeds):
         for name, args in ESTIMATORS.items():
             if (only is not None and name not in only) or _finished(_run_dir(out, name, seed)):

@@ -125,6 +125,15 @@ def _checked(losses: Sequence[float], expected: int) -> list[float]:
     return losses
 
 
+def _two_point(theta: Tensor, evaluate: Evaluate, directions: list[Tensor], c_k: float) -> Estimate:
+    """Eq. 7 averaged over ``directions``: queries θ + c_k·d, θ − c_k·d for each d, in order."""
+    points = [theta + sign * c_k * d for d in directions for sign in (1.0, -1.0)]
+    losses = _checked(evaluate(points), len(points))
+    pairs = list(zip(losses[0::2], losses[1::2], strict=True))
+    gradient = averaged_spsa_gradient(pairs, directions, c_k).to(theta)
+    return Estimate(gradient, _mean(losses), queries=len(points))
+
+
 class SPSA(GradientEstimator):
     """Eq. 7 averaged over q Rademacher perturbations Δ_j, regenerated from ``(seed, k, j)``.
 
@@ -137,16 +146,11 @@ class SPSA(GradientEstimator):
         self.num_perturbations, self.seed = num_perturbations, seed
 
     def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
-        c_k = context.c_k
         deltas = [
             rademacher(theta.numel(), perturbation_seed(self.seed, context.k, j)).to(theta)
             for j in range(self.num_perturbations)
         ]
-        points = [theta + sign * c_k * d for d in deltas for sign in (1.0, -1.0)]
-        losses = _checked(evaluate(points), len(points))
-        pairs = list(zip(losses[0::2], losses[1::2], strict=True))
-        g_hat = averaged_spsa_gradient(pairs, deltas, c_k).to(theta)
-        return Estimate(g_hat, _mean(losses), queries=len(points))
+        return _two_point(theta, evaluate, deltas, context.c_k)
 
 
 class HistoryEnhanced(GradientEstimator):
@@ -261,17 +265,12 @@ class NES(GradientEstimator):
         self.population, self.seed = population, seed
 
     def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
-        sigma = context.c_k
         samples = [
             _gaussian(theta.numel(), perturbation_seed(self.seed, context.k, j)).to(theta)
             for j in range(self.population)
         ]
-        points = [theta + sign * sigma * e for e in samples for sign in (1.0, -1.0)]
-        losses = _checked(evaluate(points), len(points))
-        pairs = list(zip(losses[0::2], losses[1::2], strict=True))
         # antithetic NES is Eq. 7's two-point formula with Gaussian instead of ±1 directions
-        gradient = averaged_spsa_gradient(pairs, samples, sigma).to(theta)
-        return Estimate(gradient, _mean(losses), queries=len(points))
+        return _two_point(theta, evaluate, samples, context.c_k)
 
 
 class Reinforce(GradientEstimator):
@@ -456,16 +455,12 @@ class SubspaceSPSA(GradientEstimator):
 
     def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
         basis = self.subspace.basis(theta.numel(), context.k).to(theta)
-        c_k = context.c_k
         xis = [
             rademacher(self.subspace.dim, perturbation_seed(self.seed, context.k, j)).to(theta)
             for j in range(self.num_perturbations)
         ]
-        points = [theta + sign * c_k * (basis @ xi) for xi in xis for sign in (1.0, -1.0)]
-        losses = _checked(evaluate(points), len(points))
-        pairs = list(zip(losses[0::2], losses[1::2], strict=True))
-        g_sub = averaged_spsa_gradient(pairs, xis, c_k).to(theta)
-        return Estimate(basis @ g_sub, _mean(losses), queries=len(points))
+        # A·((L⁺ − L⁻)/(2c_k)·ξ) = (L⁺ − L⁻)/(2c_k)·Aξ: Eq. 7 with the directions Aξ
+        return _two_point(theta, evaluate, [basis @ xi for xi in xis], context.c_k)
 
 
 class CMAES(GradientEstimator):
