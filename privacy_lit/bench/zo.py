@@ -351,10 +351,10 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
             )
         )
         lines.append(
-            f"| {r.method} | {r.queries_to_half:.1f} | {r.queries_to_target:.1f} | "
-            f"{r.final_loss:.3f} | {100 * r.final_top1:.1f} | {r.gradient_variance:.3g} | "
-            f"{r.cosine_to_true_gradient:.3f} | {r.flat_estimates:.2f} | {versus} | "
-            f"{r.seconds:.0f} |"
+            f"| {r.method} | {_queries(r.queries_to_half)} | {_queries(r.queries_to_target)} | "
+            f"{r.final_loss:.3f} | {100 * r.final_top1:.1f} | {_value(r.gradient_variance)} | "
+            f"{_value(r.cosine_to_true_gradient, '.3f')} | {_value(r.flat_estimates, '.2f')} | "
+            f"{versus} | {r.seconds:.0f} |"
         )
     ours = by_name.get(PAPER)
     if ours and spsa:
@@ -372,6 +372,17 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
             f"({meta['step_peak_bytes'] + meta['history_bytes']:,} bytes with the buffer)"
         )
     return "\n".join(lines)
+
+
+def _queries(value: float) -> str:
+    """Queries per sample to a target; "never" when a run (or, averaged, any seed) did not hold
+    it within the budget."""
+    return "never" if math.isinf(value) else f"{value:.1f}"
+
+
+def _value(value: float, spec: str = ".3g") -> str:
+    """ "—" where a method has no such figure (CMA-ES has no gradient estimate)."""
+    return "—" if math.isnan(value) else format(value, spec)
 
 
 def _ratio(ours: float, theirs: float) -> str:
