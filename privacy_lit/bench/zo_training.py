@@ -189,7 +189,7 @@ def _slug(name: str) -> str:
 
 def dominance(rows: list[TrainingRow], row: TrainingRow) -> list[str]:
     """The rows whose means dominate ``row``'s (top-1 ↑, cMAP ↓), marked "(within noise)" where a
-    difference does not exceed the two standard deviations added."""
+    difference does not exceed the two standard deviations added, or a row has a single seed."""
     out = []
     for other in rows:
         if other is row:
@@ -197,15 +197,17 @@ def dominance(rows: list[TrainingRow], row: TrainingRow) -> list[str]:
         dt = other.mean("top1") - row.mean("top1")
         dc = row.mean("cmap") - other.mean("cmap")
         if dt >= 0 and dc >= 0 and (dt > 0 or dc > 0):
-            beyond = all(
+            beyond = min(len(other.top1), len(row.top1)) > 1 and all(
                 d > other.std(f) + row.std(f) for d, f in ((dt, "top1"), (dc, "cmap")) if d > 0
-            )
+            )  # one seed shows no spread: never "beyond" it
             out.append(other.method + ("" if beyond else " (within noise)"))
     return out
 
 
 def format_table(rows: list[TrainingRow]) -> str:
     def pm(row: TrainingRow, field: str, scale: float = 100.0, digits: int = 1) -> str:
+        if math.isnan(row.mean(field)):
+            return "—"
         return f"{scale * row.mean(field):.{digits}f} ± {scale * row.std(field):.{digits}f}"
 
     lines = [
