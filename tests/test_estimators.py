@@ -173,3 +173,14 @@ def test_the_paper_estimator_gives_the_same_theta_as_the_step_before_the_seam(
     for q in (1, 2):
         before = run_paper_steps(tiny_root, system=PreSeamSystem, num_perturbations=q)
         assert torch.equal(run_paper_steps(tiny_root, num_perturbations=q), before)
+
+
+def test_prior_guided_measures_the_quality_of_an_exact_prior_as_one() -> None:
+    theta = torch.zeros(10, dtype=torch.float64)
+    estimate = zo.PriorGuided(num_random=2).estimate(
+        theta, linear(G.double()), zo.StepContext(0, 0.01, prior=G.double())
+    )
+    assert estimate.info["prior_quality"] == pytest.approx(1.0, abs=1e-6)
+    assert "prior_quality" not in zo.PriorGuided().estimate(
+        theta, linear(G.double()), zo.StepContext(0, 0.01, prior=G.double())
+    ).info  # nothing to measure it against without random directions

@@ -341,7 +341,7 @@ class PriorGuided(GradientEstimator):
     with (d ≈ 0, or of the opposite sign) contributes nothing, or is followed backwards, at a cost
     of 2 queries. Its measured quality — the estimated cosine of the prior with the gradient,
     α̂ = d_prior / ‖ĝ_full‖ with ‖g_⊥‖² ≈ (p − 1)·mean(d_random²) — is logged in ``info``
-    (NaN without random directions).
+    where there are random directions to measure it with.
     """
 
     def __init__(
@@ -381,8 +381,7 @@ class PriorGuided(GradientEstimator):
         basis = [u.to(theta) for u in _orthonormal(candidates)]
         if not basis:  # a zero prior and nothing else: no direction; L(θ_k) still read
             loss = _checked(evaluate([theta]), 1)[0]
-            return Estimate(torch.zeros_like(theta), loss, queries=1,
-                            info={"prior_quality": math.nan})  # fmt: skip
+            return Estimate(torch.zeros_like(theta), loss, queries=1)
         radius = self.radius * context.c_k
         points = [theta + sign * radius * u for u in basis for sign in (1.0, -1.0)]
         losses = _checked(evaluate(points), len(points))
@@ -391,8 +390,9 @@ class PriorGuided(GradientEstimator):
         ]
         gradient = sum((s * u for s, u in zip(slopes, basis, strict=True)), torch.zeros_like(theta))
         self.previous = gradient.clone() if float(gradient.norm()) > 0 else self.previous
-        return Estimate(gradient, _mean(losses), queries=len(points),
-                        info={"prior_quality": _prior_quality(slopes, guided, p)})  # fmt: skip
+        quality = _prior_quality(slopes, guided, p)  # measurable with random directions only
+        info = {} if math.isnan(quality) else {"prior_quality": quality}
+        return Estimate(gradient, _mean(losses), queries=len(points), info=info)
 
     def state_dict(self) -> dict[str, Any]:
         return {"previous": None if self.previous is None else self.previous.clone()}
