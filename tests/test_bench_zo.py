@@ -36,6 +36,7 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     assert meta["best_loss"] <= meta["target_loss"] <= meta["half_loss"] <= meta["start_loss"]
     for row in rows:
         assert math.isfinite(row.final_loss) and 0.0 <= row.final_top1 <= 1.0
+        assert row.per_seed["final_loss"] == [row.final_loss]  # one seed: the mean is the seed
     table = format_table(rows, meta)
     assert "| white-box |" in table and "critical history at m = 10" in table
     assert "| prior-guided (proxy) |" in table

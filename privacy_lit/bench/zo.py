@@ -34,7 +34,7 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -81,6 +81,7 @@ class BenchRow:
     cosine_to_true_gradient: float
     flat_estimates: float
     seconds: float
+    per_seed: dict[str, list[float]] = field(default_factory=dict)
 
 
 class HeadTask:
@@ -309,6 +310,9 @@ def run(
             _mean(r["final_loss"] for r in rs), _mean(r["final_top1"] for r in rs),
             _mean(r["variance"] for r in rs), _median(r["cosine"] for r in rs),
             _mean(r["flat"] for r in rs), _mean(r["seconds"] for r in rs),
+            {"queries_to_half": [queries_to_target(r["curve"], half, hold) for r in rs],
+             "queries_to_target": [queries_to_target(r["curve"], target, hold) for r in rs],
+             "final_loss": [r["final_loss"] for r in rs], "cosine": [r["cosine"] for r in rs]},
         ))  # fmt: skip
     meta = {
         "start_loss": start_loss, "best_loss": best, "half_loss": half, "target_loss": target,
