@@ -181,6 +181,9 @@ def test_prior_guided_measures_the_quality_of_an_exact_prior_as_one() -> None:
         theta, linear(G.double()), zo.StepContext(0, 0.01, prior=G.double())
     )
     assert estimate.info["prior_quality"] == pytest.approx(1.0, abs=1e-6)
-    assert "prior_quality" not in zo.PriorGuided().estimate(
-        theta, linear(G.double()), zo.StepContext(0, 0.01, prior=G.double())
-    ).info  # nothing to measure it against without random directions
+    assert (
+        "prior_quality"
+        not in zo.PriorGuided()
+        .estimate(theta, linear(G.double()), zo.StepContext(0, 0.01, prior=G.double()))
+        .info
+    )  # nothing to measure it against without random directions
