@@ -1,13 +1,16 @@
-"""``python -m privacy_lit bench zo``: every zeroth-order optimizer on the embedded black box, with
-the same budget and seeds, against the white-box limit (Tab. 6, Fig. A1 on our own benchmark).
+"""``python -m privacy_lit bench zo``: every utility-gradient estimator of
+:mod:`privacy_lit.zo.estimators` on the embedded black box, through the same seam as training,
+with the same budget and seeds, against the white-box limit (Tab. 6, Fig. A1 on our own
+benchmark). ``--objective training`` runs a config's adversarial phase per estimator instead
+(:mod:`privacy_lit.bench.zo_training`).
 
-The task: the anonymizer head (9,067 parameters, as in training) starts from a seeded random
-perturbation of its output layer that hurts the black box's answers, and each optimizer must
+The head task: the anonymizer head (9,067 parameters, as in training) starts from a seeded random
+perturbation of its output layer that hurts the black box's answers, and each estimator must
 bring the black-box utility loss (retrieval cross-entropy of the free-text answers on a fixed set
 of training clips) back down. One *evaluation* asks the black box once about every clip, so
 evaluations are "queries per training sample" in the paper's sense.
 
-Reported per optimizer (mean over seeds):
+Reported per estimator (mean over seeds; each seed's figures in ``--json``):
 
 - queries per sample to reach a target loss *and stay there*, for two targets: 50 % and 90 % of
   the way from the starting loss to the best final loss of any method (mean over seeds). A run
