@@ -77,7 +77,10 @@ def pretrain(config: str, out: Path, extra: list[str]) -> Path:
                 f"--trainer.logger={_loggers(out)}", "--trainer.callbacks.init_args.baselines=[]",
                 "--trainer.callbacks.init_args.reviewer_epochs=0", *extra,
                 f"--trainer.max_epochs={_pretraining_epochs(config, extra)}"])  # fmt: skip
-    return Path(cli.trainer.checkpoint_callback.best_model_path or _last_checkpoint(out))
+    checkpoint = cli.trainer.checkpoint_callback.best_model_path or _last_checkpoint(out)
+    if not checkpoint:
+        raise FileNotFoundError(f"pre-training wrote no checkpoint under {out}")
+    return Path(checkpoint)
 
 
 def _pretraining_epochs(config: str, extra: list[str]) -> int:
@@ -94,11 +97,9 @@ def _pretraining_epochs(config: str, extra: list[str]) -> int:
     return epochs
 
 
-def _last_checkpoint(out: Path) -> Path:
+def _last_checkpoint(out: Path) -> Path | None:
     found = sorted(out.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
-    if not found:
-        raise FileNotFoundError(f"pre-training wrote no checkpoint under {out}")
-    return found[-1]
+    return found[-1] if found else None
 
 
 def run_one(
@@ -134,8 +135,7 @@ def run(
     """Every estimator × seed that ``out`` does not hold yet (a bench that was stopped resumes
     where it was), then the table of everything under ``out``."""
     if checkpoint is None:  # one pre-training per bench folder, kept for a resumed bench
-        found = sorted((out / "pretrain").rglob("*.ckpt"))
-        checkpoint = found[-1] if found else pretrain(config, out / "pretrain", extra)
+        checkpoint = _last_checkpoint(out / "pretrain") or pretrain(config, out / "pretrain", extra)
     for seed in range(seeds):
         for name, args in ESTIMATORS.items():
             if (only is not None and name not in only) or _finished(_run_dir(out, name, seed)):
