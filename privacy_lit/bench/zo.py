@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -45,7 +44,7 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.profiler import ProfilerActivity, profile
 
-from privacy_lit.callbacks.signal import recognizer_gradient
+from privacy_lit.callbacks.signal import finite_median, recognizer_gradient
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.base import Request
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
@@ -113,6 +112,8 @@ class HeadTask:
             torch.manual_seed(seed)
             self.anonymizer = Anonymizer()
         self.params = self.anonymizer.trainable_parameters()
+        for p in self.params:  # the white-box and proxy gradients are taken with respect to them
+            p.requires_grad_(True)
         with torch.no_grad():
             self.frames = to_float(clips.flatten(0, 1))
             self.features = self.anonymizer.trunk(self.frames)
@@ -146,15 +147,11 @@ class HeadTask:
         return float((predicted == self.actions).float().mean())
 
     def _gradient_of(self, model_loss: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
-        for p in self.params:
-            p.requires_grad_(True)
         loss = model_loss(self._frames(theta).reshape(*self.shape[:2], 3, *self.shape[2:4]))
         return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
 
     def true_gradient(self, theta: Tensor) -> Tensor:
         """∇θ of the recognizer's cross-entropy on the float clips (what the black box hides)."""
-        for p in self.params:
-            p.requires_grad_(True)
         return recognizer_gradient(self.mllm.recognizer, lambda: self._frames(theta), self.shape,
                                    self.actions, self.params)  # fmt: skip
 
@@ -242,7 +239,7 @@ def _run(
         "final_loss": curve[-1][1],
         "final_top1": task.top1(theta),
         "variance": variance,
-        "cosine": 1.0 if isinstance(estimator, WhiteBox) else _median(cosines),
+        "cosine": 1.0 if isinstance(estimator, WhiteBox) else finite_median(cosines),
         "flat": _mean(flat),
         "seconds": time.perf_counter() - start,
     }
@@ -311,7 +308,7 @@ def run(
             name, _mean(queries_to_target(r["curve"], half, hold) for r in rs),
             _mean(queries_to_target(r["curve"], target, hold) for r in rs),
             _mean(r["final_loss"] for r in rs), _mean(r["final_top1"] for r in rs),
-            _mean(r["variance"] for r in rs), _median(r["cosine"] for r in rs),
+            _mean(r["variance"] for r in rs), finite_median(r["cosine"] for r in rs),
             _mean(r["flat"] for r in rs), _mean(r["seconds"] for r in rs),
             {"queries_to_half": [queries_to_target(r["curve"], half, hold) for r in rs],
              "queries_to_target": [queries_to_target(r["curve"], target, hold) for r in rs],
@@ -324,11 +321,6 @@ def run(
         "hold": hold, **memory,
     }  # fmt: skip
     return rows, meta
-
-
-def _median(values) -> float:
-    values = [v for v in values if v == v]
-    return statistics.median(values) if values else math.nan
 
 
 def _mean(values) -> float:

@@ -16,7 +16,7 @@ Against a real MLLM there is no white-box gradient; the meter then says so once 
 from __future__ import annotations
 
 import statistics
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import lightning as L
 import torch
@@ -42,6 +42,12 @@ def recognizer_gradient(
     clips = frames.reshape(*clip_shape[:2], *frames.shape[1:]).transpose(1, 2)
     loss = F.cross_entropy(recognizer(clips), actions.to(frames.device))
     return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params))])
+
+
+def finite_median(values: Iterable[float]) -> float:
+    """The median of the values that are not NaN (a cosine of a missing estimate), else NaN."""
+    finite = [v for v in values if v == v]
+    return statistics.median(finite) if finite else float("nan")
 
 
 def _cosine(a: Tensor | None, b: Tensor) -> float:
@@ -113,14 +119,9 @@ class UtilitySignalMeter(L.Callback):
 
     def summary(self) -> dict[str, float]:
         """Medians over the run's measurements (NaN when nothing was measured)."""
-
-        def median(values: list[float]) -> float:
-            finite = [v for v in values if v == v]
-            return statistics.median(finite) if finite else float("nan")
-
         return {
-            "median_cosine": median(self.cosines),
-            "median_raw_cosine": median(self.raw_cosines),
+            "median_cosine": finite_median(self.cosines),
+            "median_raw_cosine": finite_median(self.raw_cosines),
             "measurements": float(len(self.cosines)),
         }
 
