@@ -153,7 +153,25 @@ class SPSA(GradientEstimator):
         return _two_point(theta, evaluate, deltas, context.c_k)
 
 
-class HistoryEnhanced(GradientEstimator):
+class _Wrapping(GradientEstimator):
+    """An estimator built around ``base`` (default SPSA): it reads a prior when ``base`` does, and
+    keeps ``base``'s state under ``"base"`` in its own."""
+
+    def __init__(self, base: GradientEstimator | None = None):
+        self.base = base if base is not None else SPSA()
+
+    @property
+    def needs_prior(self) -> bool:  # type: ignore[override]
+        return self.base.needs_prior
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"base": self.base.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.base.load_state_dict(state.get("base", {}))
+
+
+class HistoryEnhanced(_Wrapping):
     """Critical history (Alg. 1) around ``base``: g̃_k = γĝ_k + (1 − γ)·mean(C_g), I_k of Eq. 10.
 
     ``HistoryEnhanced(SPSA())`` is the paper's estimator; every Tab. 7 ablation is a switch of
@@ -173,15 +191,11 @@ class HistoryEnhanced(GradientEstimator):
         adjust_direction: bool = True,
         adjust_step: bool = True,
     ):
-        self.base = base if base is not None else SPSA()
+        super().__init__(base)
         self.history = CriticalHistoryEstimator(
             gamma, b, history_size, decay, history_selection, use_history, adjust_direction,
             adjust_step,
         )  # fmt: skip
-
-    @property
-    def needs_prior(self) -> bool:  # type: ignore[override]
-        return self.base.needs_prior
 
     def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
         inner = self.base.estimate(theta, evaluate, context)
@@ -190,14 +204,14 @@ class HistoryEnhanced(GradientEstimator):
         return Estimate(direction, inner.loss, indicator, inner.direction, inner.queries, info)
 
     def state_dict(self) -> dict[str, Any]:
-        return {**self.history.state_dict(), "base": self.base.state_dict()}
+        return {**self.history.state_dict(), **super().state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.history.load_state_dict(state)
-        self.base.load_state_dict(state.get("base", {}))
+        super().load_state_dict(state)
 
 
-class NoSignal(GradientEstimator):
+class NoSignal(_Wrapping):
     """The no-signal control: ``base``'s queries and loss reading, a zero utility direction.
 
     The augmented Tchebycheff switch still reads the black-box loss values (same queries, same
@@ -205,22 +219,9 @@ class NoSignal(GradientEstimator):
     and the privacy push alone, and what an estimator adds over no estimate at all.
     """
 
-    def __init__(self, base: GradientEstimator | None = None):
-        self.base = base if base is not None else SPSA()
-
     def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
         inner = self.base.estimate(theta, evaluate, context)
         return Estimate(torch.zeros_like(theta), inner.loss, raw=inner.raw, queries=inner.queries)
-
-    @property
-    def needs_prior(self) -> bool:  # type: ignore[override]
-        return self.base.needs_prior
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"base": self.base.state_dict()}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.base.load_state_dict(state.get("base", {}))
 
 
 class SPSAGC(GradientEstimator):
