@@ -45,7 +45,13 @@ from privacy_lit.zo.estimators import (
 )
 from privacy_lit.zo.history import Selection
 from privacy_lit.zo.scalarize import Method, ParetoScalarizer
-from privacy_lit.zo.spsa import GainSchedule, assign_flat, assigned, flat_parameters
+from privacy_lit.zo.spsa import (
+    GainSchedule,
+    assign_flat,
+    assigned,
+    flat_gradient,
+    flat_parameters,
+)
 
 
 class PrivacySystem(L.LightningModule):
@@ -310,7 +316,7 @@ class PrivacySystem(L.LightningModule):
         with torch.no_grad():
             image_features = self.anonymizer.trunk(images)
         loss_privacy = privacy_loss(self.reviewer(self.anonymizer.decode(images, image_features)))
-        h = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss_privacy, params)])
+        h = flat_gradient(loss_privacy, params)
 
         # 2. the utility direction from the black box: every query of the step in one call
         utility = batch["utility"]
@@ -323,7 +329,7 @@ class PrivacySystem(L.LightningModule):
             frames = self.anonymizer.decode(clip_frames, clip_features)
             proxy_loss = self.proxy.loss(frames.reshape(*clips.shape[:2], *frames.shape[1:]),
                                          utility)  # fmt: skip
-            prior = torch.cat([g.reshape(-1) for g in torch.autograd.grad(proxy_loss, params)])
+            prior = flat_gradient(proxy_loss, params)
         evaluate = self._black_box_objective(utility, clips.shape[:2], clip_frames, clip_features)
         estimate = self.estimator.estimate(
             flat_parameters(params), evaluate, StepContext(k, c_k, a_k, prior)

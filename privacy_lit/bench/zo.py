@@ -69,7 +69,7 @@ from privacy_lit.zo.estimators import (
     SubspaceSPSA,
     descend,
 )
-from privacy_lit.zo.spsa import GainSchedule, assign_flat, flat_parameters
+from privacy_lit.zo.spsa import GainSchedule, assign_flat, flat_gradient, flat_parameters
 
 
 @dataclass
@@ -148,7 +148,7 @@ class HeadTask:
 
     def _gradient_of(self, model_loss: Callable[[Tensor], Tensor], theta: Tensor) -> Tensor:
         loss = model_loss(self._frames(theta).reshape(*self.shape[:2], 3, *self.shape[2:4]))
-        return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, self.params)])
+        return flat_gradient(loss, self.params)
 
     def true_gradient(self, theta: Tensor) -> Tensor:
         """∇θ of the recognizer's cross-entropy on the float clips (what the black box hides)."""

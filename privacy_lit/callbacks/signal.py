@@ -26,6 +26,7 @@ from torch.nn import functional as F
 
 from privacy_lit.callbacks.monitors import RunningVariance
 from privacy_lit.models.anonymizer import to_float
+from privacy_lit.zo.spsa import flat_gradient
 
 
 def recognizer_gradient(
@@ -41,7 +42,7 @@ def recognizer_gradient(
     frames = decode()
     clips = frames.reshape(*clip_shape[:2], *frames.shape[1:]).transpose(1, 2)
     loss = F.cross_entropy(recognizer(clips), actions.to(frames.device))
-    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params))])
+    return flat_gradient(loss, params)
 
 
 def finite_median(values: Iterable[float]) -> float:

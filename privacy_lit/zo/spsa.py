@@ -67,6 +67,11 @@ def flat_parameters(params: Sequence[nn.Parameter]) -> Tensor:
     return torch.cat([p.detach().reshape(-1) for p in params])
 
 
+def flat_gradient(loss: Tensor, params: Sequence[nn.Parameter]) -> Tensor:
+    """∇θ ``loss`` as one vector, in the order of :func:`flat_parameters`."""
+    return torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss, list(params))])
+
+
 def assign_flat(params: Sequence[nn.Parameter], vector: Tensor) -> None:
     """Write a flat vector back into the parameters, in place."""
     offset = 0
