@@ -84,17 +84,14 @@ def pretrain(config: str, out: Path, extra: list[str]) -> Path:
 
 
 def _pretraining_epochs(config: str, extra: list[str]) -> int:
-    import yaml
+    """Epochs of the reconstruction and reviewer phases, as ``fit`` would parse the config and
+    the overrides (the same LightningCLI, not run)."""
+    from lightning.pytorch.cli import LightningCLI
 
-    model = yaml.safe_load(Path(config).read_text()).get("model", {})
-    epochs = model.get("recon_epochs", 2) + model.get("reviewer_epochs", 2)
-    for arg in extra:  # an override of either phase on the command line wins
-        key, _, value = arg.partition("=")
-        if key == "--model.recon_epochs":
-            epochs += int(value) - model.get("recon_epochs", 2)
-        if key == "--model.reviewer_epochs":
-            epochs += int(value) - model.get("reviewer_epochs", 2)
-    return epochs
+    from privacy_lit.cli import CLI_CLASSES
+
+    cli = LightningCLI(**CLI_CLASSES, args=["--config", config, *extra], run=False)
+    return cli.model.hparams.recon_epochs + cli.model.hparams.reviewer_epochs
 
 
 def _last_checkpoint(out: Path) -> Path | None:
