@@ -7,7 +7,9 @@ images and videos *before* they are sent to a cloud MLLM.
 
 Only the anonymizer is loaded from the Lightning checkpoint (its ``anonymizer.*`` weights and the
 ``anonymizer_widths`` / ``head_hidden`` hyper-parameters): no black box, no reviewer, no data.
-The anonymizer is fully convolutional, so any resolution works.
+The anonymizer is fully convolutional, so any resolution works. Loading and anonymizing are
+:mod:`privacy_lit.deploy`'s (shared with ``serve`` and the Python API); this file finds, checks,
+reads and writes the files.
 
 - Images (``.jpg``, ``.png``, ...) keep their format; images of one size are anonymized in
   batches.
@@ -27,7 +29,7 @@ import argparse
 import sys
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,56 +39,16 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from privacy_lit.deploy import VIDEO_CODECS, AnonymizerPipeline, InputError, load_anonymizer
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
+
+__all__ = ["InputError", "Job", "anonymize_files", "benchmark", "collect_jobs", "load_anonymizer"]
 
 IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"})
 VIDEO_SUFFIXES = frozenset(
     {".avi", ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
 )
-VIDEO_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v",
-                ".webm": "VP80"}  # fmt: skip
-"""Output container → OpenCV fourcc; containers not listed are written as ``.mp4``."""
 JPEG_QUALITY = 95
-
-
-class InputError(ValueError):
-    """An input that cannot be anonymized (missing, unsupported, unreadable); names the file."""
-
-
-# ----------------------------------------------------------------------------- the model
-def load_anonymizer(checkpoint: str | Path, device: str | torch.device = "cpu") -> Anonymizer:
-    """The anonymizer f_A of a :class:`~privacy_lit.system.PrivacySystem` Lightning checkpoint.
-
-    The checkpoint is loaded with ``weights_only=True`` (no code from the file is run), and only
-    the ``anonymizer.*`` weights are used: the MLLM and the reviewer are not needed.
-    """
-    path = Path(checkpoint)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # noqa: BLE001 - a corrupt file, a pickle needing code, ...
-        raise InputError(f"cannot load checkpoint {path}: {error}") from error
-    if not isinstance(state, dict) or "state_dict" not in state:
-        raise InputError(f"{path} is not a Lightning checkpoint (no state_dict)")
-    weights = {
-        key.removeprefix("anonymizer."): value
-        for key, value in state["state_dict"].items()
-        if key.startswith("anonymizer.")
-    }
-    if not weights:
-        raise InputError(f"{path} holds no anonymizer.* weights: is it a PrivacySystem checkpoint?")
-    hparams = state.get("hyper_parameters") or {}
-    model = Anonymizer(
-        hparams.get("anonymizer_widths", (16, 32, 64, 128)), hparams.get("head_hidden", (88, 64))
-    )
-    try:
-        model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise InputError(
-            f"{path}: the anonymizer weights do not fit its hyper-parameters: {error}"
-        ) from error
-    return model.eval().requires_grad_(False).to(device)
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -187,77 +149,19 @@ def _write_image(path: Path, rgb: Tensor) -> None:
         raise OSError(f"cannot write image {path}")
 
 
-def _image_batches(jobs: list[Job], batch_size: int) -> Iterator[tuple[list[Job], Tensor]]:
-    """Batches of images of one size (in input order within each size)."""
-    pending: dict[tuple[int, ...], list[tuple[Job, Tensor]]] = {}
-    for job in jobs:
-        image = _read_image(job.source)
-        group = pending.setdefault(tuple(image.shape), [])
-        group.append((job, image))
-        if len(group) == batch_size:
-            yield [j for j, _ in group], torch.stack([im for _, im in group])
-            group.clear()
-    for group in pending.values():
-        if group:
-            yield [j for j, _ in group], torch.stack([im for _, im in group])
-
-
-def _anonymize_video(
-    model: Anonymizer, job: Job, batch_size: int, device: torch.device, progress: tqdm
-) -> int:
-    import decord
-
-    reader = decord.VideoReader(str(job.source), ctx=decord.cpu(0))
-    job.target.parent.mkdir(parents=True, exist_ok=True)
-    writer: cv2.VideoWriter | None = None
-    written = 0
-    try:
-        for start in range(0, len(reader), batch_size):
-            try:
-                frames = reader.get_batch(list(range(start, min(start + batch_size, len(reader)))))
-            except Exception as error:  # noqa: BLE001 - decord raises its own error types
-                raise InputError(f"cannot decode {job.source} at frame {start}: {error}") from error
-            frames = torch.from_numpy(frames.asnumpy())
-            out = anonymize_pixels(model, frames.to(device)).cpu().numpy()
-            if writer is None:
-                fourcc = cv2.VideoWriter_fourcc(*VIDEO_CODECS[job.target.suffix.lower()])
-                size = (out.shape[2], out.shape[1])
-                writer = cv2.VideoWriter(str(job.target), fourcc, job.fps, size)
-                if not writer.isOpened():
-                    raise OSError(f"OpenCV cannot write video {job.target}")
-            for frame in out:
-                writer.write(np.ascontiguousarray(frame[..., ::-1]))
-            written += len(out)
-            progress.update(len(out))
-    finally:
-        if writer is not None:
-            writer.release()
-    return written
-
-
-def anonymize_files(
-    model: Anonymizer,
-    jobs: list[Job],
-    batch_size: int = 16,
-    device: str | torch.device = "cpu",
-    progress: bool = True,
-) -> int:
+def anonymize_files(pipeline: AnonymizerPipeline, jobs: list[Job], progress: bool = True) -> int:
     """Anonymize every job; returns the number of frames (an image is one) written."""
-    if batch_size < 1:
-        raise ValueError(f"batch size must be >= 1, got {batch_size}")
-    device = torch.device(device)
     total = sum(job.frames for job in jobs)
     done = 0
     with tqdm(total=total, unit="frame", desc="anonymizing", disable=not progress) as bar:
-        images = [job for job in jobs if job.kind == "image"]
-        for batch_jobs, pixels in _image_batches(images, batch_size):
-            anonymized = anonymize_pixels(model, pixels.to(device)).cpu()
+        images = ((job, _read_image(job.source)) for job in jobs if job.kind == "image")
+        for batch_jobs, anonymized in pipeline.batched(images):
             for job, image in zip(batch_jobs, anonymized, strict=True):
                 _write_image(job.target, image)
             done += len(batch_jobs)
             bar.update(len(batch_jobs))
         for job in (job for job in jobs if job.kind == "video"):
-            done += _anonymize_video(model, job, batch_size, device, bar)
+            done += pipeline.video(job.source, job.target, bar.update)
     return done
 
 
@@ -289,18 +193,19 @@ def benchmark(
     """Frames per second anonymizing a ``seconds``-long ``width``×``height`` video end to end
     (decode, anonymize, encode) and for the model alone. Without a checkpoint the default
     architecture with untrained weights is timed (the same computation)."""
-    model = load_anonymizer(checkpoint, device) if checkpoint else Anonymizer().eval().to(device)
+    model = load_anonymizer(checkpoint, device) if checkpoint else Anonymizer()
+    pipeline = AnonymizerPipeline(model, device, batch_size)
     with tempfile.TemporaryDirectory() as tmp:
         source = write_test_video(Path(tmp) / "input.avi", seconds, fps, width, height)
         jobs = collect_jobs([source], Path(tmp) / "out")
         start = time.perf_counter()
-        frames = anonymize_files(model, jobs, batch_size, device, progress=False)
+        frames = anonymize_files(pipeline, jobs, progress=False)
         end_to_end = time.perf_counter() - start
     pixels = torch.randint(0, 256, (batch_size, height, width, 3), dtype=torch.uint8).to(device)
-    anonymize_pixels(model, pixels)  # warm-up
+    anonymize_pixels(pipeline.model, pixels)  # warm-up
     start, model_frames = time.perf_counter(), 0
     while model_frames < frames:
-        anonymize_pixels(model, pixels)
+        anonymize_pixels(pipeline.model, pixels)
         model_frames += batch_size
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -350,9 +255,9 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.ckpt is None or args.out is None or not args.inputs:
             parser.error("needs --ckpt, --out and at least one input (or --benchmark)")
-        model = load_anonymizer(args.ckpt, args.device)
+        pipeline = AnonymizerPipeline.from_checkpoint(args.ckpt, args.device, args.batch_size)
         jobs = collect_jobs(args.inputs, args.out)
-        frames = anonymize_files(model, jobs, args.batch_size, args.device, not args.quiet)
+        frames = anonymize_files(pipeline, jobs, not args.quiet)
     except (InputError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
