@@ -14,6 +14,12 @@ phase resumes where it stopped:
 
 Only the anonymizer head (``Anonymizer.trainable_parameters``) is perturbed and updated in phase 3.
 The black box is reached only through :class:`privacy_lit.mllm.BlackBoxMLLM` with uint8 pixels.
+
+Under Lightning's DDP strategy (``conf/ddp.yaml``) every rank evaluates its own shard of the batch
+and the step is taken on the global batch: the black-box losses, h_k, L_P and a proxy's prior are
+all-reduced weighted by shard size (:mod:`privacy_lit.zo.distributed`) before the estimator, the
+history or the scalarizer read them, so θ, the estimator's state and z* stay identical on every
+rank; the reviewer's update goes through ``manual_backward``, whose gradients DDP all-reduces.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import lightning as L
 import torch
 from torch import Tensor
 from torch.nn import functional as F
+from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from privacy_lit.metrics import VQAAccuracy
@@ -36,6 +43,7 @@ from privacy_lit.privacy import privacy_loss
 from privacy_lit.proxy import UtilityProxy
 from privacy_lit.utility.retrieval import RetrievalScorer
 from privacy_lit.utility.vqa import VQAScorer
+from privacy_lit.zo.distributed import shard_mean, sharded, world_size
 from privacy_lit.zo.estimators import (
     SPSA,
     Evaluate,
@@ -203,6 +211,15 @@ class PrivacySystem(L.LightningModule):
             self.proxy.prepare(datamodule, self.device)
 
     def on_fit_start(self) -> None:
+        wrapper = self.trainer.strategy.model
+        if isinstance(wrapper, DistributedDataParallel) and not wrapper.find_unused_parameters:
+            # each phase's backward reaches one network only (the reconstruction the anonymizer,
+            # the reviewer's update the reviewer, the ZO step none): DDP must not wait for the
+            # gradients of the other, or it stops at the next step
+            raise ValueError(
+                "PrivacySystem under DDP needs find_unused_parameters=True: use "
+                "--trainer.strategy=ddp_find_unused_parameters_true (conf/ddp.yaml does)"
+            )
         trainable = sum(p.numel() for p in self.anonymizer.trainable_parameters())
         total = sum(p.numel() for p in self.anonymizer.parameters())
         self.print(f"anonymizer: {total} parameters, {trainable} trained by the ZO step (head)")
@@ -316,7 +333,9 @@ class PrivacySystem(L.LightningModule):
         with torch.no_grad():
             image_features = self.anonymizer.trunk(images)
         loss_privacy = privacy_loss(self.reviewer(self.anonymizer.decode(images, image_features)))
-        h = flat_gradient(loss_privacy, params)
+        # under DDP: the global batch's h_k and L_P from every rank's shard (one process: as is)
+        h = shard_mean(flat_gradient(loss_privacy, params), len(images))
+        privacy_value = float(shard_mean(loss_privacy.detach(), len(images)))
 
         # 2. the utility direction from the black box: every query of the step in one call
         utility = batch["utility"]
@@ -329,8 +348,12 @@ class PrivacySystem(L.LightningModule):
             frames = self.anonymizer.decode(clip_frames, clip_features)
             proxy_loss = self.proxy.loss(frames.reshape(*clips.shape[:2], *frames.shape[1:]),
                                          utility)  # fmt: skip
-            prior = flat_gradient(proxy_loss, params)
-        evaluate = self._black_box_objective(utility, clips.shape[:2], clip_frames, clip_features)
+            prior = shard_mean(flat_gradient(proxy_loss, params), len(clips))
+        evaluate = sharded(
+            self._black_box_objective(utility, clips.shape[:2], clip_frames, clip_features),
+            len(clips),
+            self.device,
+        )
         estimate = self.estimator.estimate(
             flat_parameters(params), evaluate, StepContext(k, c_k, a_k, prior)
         )
@@ -344,7 +367,7 @@ class PrivacySystem(L.LightningModule):
         # 3.–4. the scalarized direction (Eq. 11)
         clip = self.hparams.max_gradient_norm
         grad_at, branch = self.scalarizer.direction(
-            [loss_utility, loss_privacy.item()],
+            [loss_utility, privacy_value],
             [_clipped((1.0 + indicator) * direction, clip), _clipped(h, clip)],
         )
         # 5. θ ← θ − a_k ∇̂L_AT (Eq. 12), then the adversarial reviewer step on the new x_a
@@ -357,12 +380,12 @@ class PrivacySystem(L.LightningModule):
         self.last_raw_gradient_estimate = g_hat.detach()
         self.last_gradient_estimate = direction.detach()
 
-        objectives = [loss_utility, loss_privacy.item()]
+        objectives = [loss_utility, privacy_value]
         deviations = self.scalarizer.deviations(objectives)  # read-only: z* is already updated
         self.log_dict(
             {
                 "train/utility_loss": loss_utility,
-                "train/privacy_loss": loss_privacy.item(),
+                "train/privacy_loss": privacy_value,
                 "train/reviewer_bce": loss_reviewer.item(),
                 "train/scalarized_loss": self.scalarizer.value(objectives),
                 "zo/step": float(k),
@@ -380,13 +403,12 @@ class PrivacySystem(L.LightningModule):
                 "zo/h_norm": float(h.norm()),
                 "zo/step_norm": float(step.norm()),
                 "zo/queries": float(estimate.queries),
-                "mllm/calls": float(self.mllm.stats.calls),
                 **{f"zo/{key}": float(value) for key, value in estimate.info.items()},
             }
         )
-        self.log_dict(
-            {"L_u": loss_utility, "L_p": loss_privacy.item()}, prog_bar=True, logger=False
-        )
+        # every rank counts the queries of its own shard: the run's total is their sum
+        self.log("mllm/calls", float(self.mllm.stats.calls), sync_dist=True, reduce_fx="sum")
+        self.log_dict({"L_u": loss_utility, "L_p": privacy_value}, prog_bar=True, logger=False)
 
     # ----------------------------------------------------------------------------- evaluation
     def _evaluation_step(self, batch: dict[str, dict[str, Tensor] | None], prefix: str) -> None:
@@ -446,6 +468,10 @@ class PrivacySystem(L.LightningModule):
             "scalarizer": self.scalarizer.state_dict(),
             "mllm_stats": asdict(self.mllm.stats),
         }
+        if world_size() > 1:  # every rank calls this; rank 0 writes the file
+            ranks: list[Any] = [None] * world_size()
+            torch.distributed.all_gather_object(ranks, checkpoint["zo"]["mllm_stats"])
+            checkpoint["zo"]["mllm_stats_by_rank"] = ranks
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         state = checkpoint.get("zo")
@@ -463,7 +489,37 @@ class PrivacySystem(L.LightningModule):
             )
         # else: a checkpoint from before the adversarial phase starts any estimator afresh
         self.scalarizer.load_state_dict(state["scalarizer"])
-        self.mllm.stats = QueryStats(**state["mllm_stats"])
+        self.mllm.stats = self._restored_stats(state)
+
+    def _restored_stats(self, state: dict[str, Any]) -> QueryStats:
+        """This rank's query counts from a checkpoint: its own where the checkpoint kept every
+        rank's and the world size is the same; otherwise rank 0 carries the whole run's total
+        (and the other ranks start from zero), so the sum over ranks stays the run's count."""
+        by_rank = state.get("mllm_stats_by_rank") or [state["mllm_stats"]]
+        rank, size = self.global_rank, max(world_size(), 1)
+        if len(by_rank) == size:
+            return QueryStats(**by_rank[rank])
+        return _summed([QueryStats(**s) for s in by_rank]) if rank == 0 else QueryStats()
+
+
+def _summed(stats: Sequence[QueryStats]) -> QueryStats:
+    """Several ranks' query counts as one: every counter added, per stage and per endpoint too."""
+    total: dict[str, Any] = asdict(QueryStats())
+    for part in map(asdict, stats):
+        for name, value in part.items():
+            if isinstance(value, dict):
+                _add_into(total[name], value)
+            else:
+                total[name] += value
+    return QueryStats(**total)
+
+
+def _add_into(total: dict[str, Any], part: dict[str, Any]) -> None:
+    for key, value in part.items():
+        if isinstance(value, dict):
+            _add_into(total.setdefault(key, {}), value)
+        else:
+            total[key] = total.get(key, 0) + value
 
 
 def _clipped(gradient: Tensor, max_norm: float | None) -> Tensor:

@@ -8,6 +8,8 @@
 - :mod:`.history`: the critical-history buffer (Eq. 8, Alg. 1), enhanced gradient (Eq. 9) and
   status indicator (Eq. 10).
 - :mod:`.scalarize`: weighted sum (Eq. 4), Tchebycheff (Eq. 5), augmented Tchebycheff (Eq. 6, 11).
+- :mod:`.distributed`: a step over data-parallel ranks — the objective and the privacy gradient
+  reduced over the global batch, so every rank builds the same estimate.
 """
 
 from privacy_lit.zo.estimators import (
