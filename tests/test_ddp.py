@@ -181,6 +181,17 @@ def test_one_process_gets_its_own_values_back() -> None:
     assert sharded(evaluate, 4) is evaluate
 
 
+def test_a_local_model_loads_on_the_rank_s_current_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    from privacy_lit.mllm.transformers_backend import resolve_device
+
+    # Lightning makes rank r's GPU current before setup(): "auto" and "cuda" must follow it
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert resolve_device("auto") == resolve_device("cuda") == torch.device("cuda", 3)
+    assert resolve_device("cuda:1") == torch.device("cuda", 1)  # an explicit index is kept
+    assert resolve_device("cpu") == torch.device("cpu")
+
+
 def _main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--worker", action="store_true")

@@ -61,12 +61,20 @@ _DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torc
 
 
 def resolve_device(device: str) -> torch.device:
-    """``"auto"`` is the GPU when there is one; otherwise ``device`` as given (``"cuda:1"``)."""
+    """``"auto"`` is the GPU when there is one; otherwise ``device`` as given (``"cuda:1"``).
+
+    A GPU without an index (``"auto"``, ``"cuda"``) is the *current* one, resolved when the model
+    is loaded: under DDP Lightning makes each rank's own GPU current before ``setup`` prepares the
+    black box, so every rank loads its copy of the model on its own device. An explicit index
+    puts every rank's copy on that one GPU."""
     if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        device = "cuda" if torch.cuda.is_available() else "cpu"
     resolved = torch.device(device)
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise RuntimeError(f"device={device!r} was asked for, but torch sees no CUDA device")
+    if resolved.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={device!r} was asked for, but torch sees no CUDA device")
+        if resolved.index is None:
+            resolved = torch.device("cuda", torch.cuda.current_device())
     return resolved
 
 
