@@ -9,6 +9,8 @@ Project subcommands that are not a Lightning loop run their own ``main(argv)`` i
 - ``data check``: :mod:`privacy_lit.data.check`, validates a dataset folder against its config;
 - ``sweep``: :mod:`privacy_lit.sweep`, runs a W&B sweep file's grid locally;
 - ``anonymize``: :mod:`privacy_lit.anonymize`, a trained anonymizer applied to images and videos;
+- ``serve``: :mod:`privacy_lit.serve`, an OpenAI-compatible proxy that anonymizes every image;
+- ``bench serve``: :mod:`privacy_lit.bench.serve`, the latency and throughput that proxy costs;
 - ``report``: :mod:`privacy_lit.report`, one table (with Pareto dominance) from results files.
 
 Tests call :func:`main` in-process: ``main(["fit", "--config", cfg, "--trainer.fast_dev_run=1"])``.
@@ -32,6 +34,8 @@ SUBCOMMANDS: dict[tuple[str, ...], str] = {
     ("data", "check"): "privacy_lit.data.check",
     ("sweep",): "privacy_lit.sweep",
     ("anonymize",): "privacy_lit.anonymize",
+    ("serve",): "privacy_lit.serve",
+    ("bench", "serve"): "privacy_lit.bench.serve",
     ("report",): "privacy_lit.report",
 }
 """Words after ``python -m privacy_lit`` → the module whose ``main(argv)`` runs them."""

@@ -29,7 +29,7 @@ import torch
 from PIL import Image
 from torch import Tensor, nn
 
-from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
+from privacy_lit.models.anonymizer import Anonymizer, UNetTrunk, anonymize_pixels
 
 VIDEO_CODECS = {".avi": "MJPG", ".mkv": "MJPG", ".mp4": "mp4v", ".m4v": "mp4v", ".mov": "mp4v",
                 ".webm": "VP80"}  # fmt: skip
@@ -125,12 +125,24 @@ class AnonymizerPipeline:
         """See :func:`load_anonymizer`."""
         return cls(load_anonymizer(checkpoint, device), device, batch_size)
 
+    @property
+    def min_side(self) -> int:
+        """The smallest height and width the model takes: each 2×2 pooling of its UNet trunk
+        halves them, and the deepest level needs at least one pixel."""
+        trunk = getattr(self.model, "trunk", None)
+        return 2 ** (len(trunk.down) - 1) if isinstance(trunk, UNetTrunk) else 1
+
     # ------------------------------------------------------------------ pixels
     def frames(self, pixels: Tensor) -> Tensor:
         """uint8 ``N × H × W × 3`` frames of one size → anonymized uint8 frames, on the CPU."""
         if pixels.dtype != torch.uint8 or pixels.ndim != 4 or pixels.shape[-1] != 3:
             raise ValueError(
                 f"expected uint8 frames N×H×W×3, got {pixels.dtype} {tuple(pixels.shape)}"
+            )
+        if min(pixels.shape[1:3]) < self.min_side:
+            raise InputError(
+                f"cannot anonymize {pixels.shape[2]}×{pixels.shape[1]} px frames: the anonymizer "
+                f"needs at least {self.min_side} px a side"
             )
         if len(pixels) == 0:
             return pixels.clone()

@@ -1,4 +1,5 @@
-"""The anonymize CLI: a checkpoint's anonymizer on images, videos and folders, with clear errors."""
+"""The anonymize CLI: a checkpoint's anonymizer on images, videos and folders, with clear errors;
+and the Python API it shares with ``serve`` (PIL, numpy, tensors, videos)."""
 
 from __future__ import annotations
 
@@ -9,8 +10,10 @@ import decord
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from privacy_lit.anonymize import benchmark, collect_jobs, load_anonymizer, main
+from privacy_lit.deploy import AnonymizerPipeline, InputError, load, save_anonymizer
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
 
 FPS, FRAMES = 12.5, 20
@@ -140,3 +143,59 @@ def test_clashing_targets_and_bad_checkpoints(tmp_path: Path, ckpt: Path) -> Non
 def test_benchmark_reports_frames_per_second(ckpt: Path) -> None:
     result = benchmark(ckpt, seconds=0.5, fps=10, width=64, height=48, batch_size=4)
     assert result["frames"] == 5 and result["end_to_end_fps"] > 0 and result["model_fps"] > 0
+
+
+# ----------------------------------------------------------------------------- the Python API
+def test_api_takes_pil_numpy_and_tensors(ckpt: Path, model: Anonymizer) -> None:
+    anonymizer = load(ckpt)
+    rgb = np.random.default_rng(3).integers(0, 256, (40, 56, 3), dtype=np.uint8)
+    expected = anonymize_pixels(model, torch.from_numpy(rgb.copy())).numpy()
+    assert not np.array_equal(expected, rgb)
+    pil = anonymizer(Image.fromarray(rgb))
+    assert isinstance(pil, Image.Image) and np.array_equal(np.asarray(pil), expected)
+    assert np.array_equal(anonymizer(rgb), expected)
+    assert np.array_equal(anonymizer(np.stack([rgb, rgb]))[1], expected)  # a batch
+    assert torch.equal(anonymizer(torch.from_numpy(rgb)), torch.from_numpy(expected))
+    x = torch.rand(3, 3, 24, 32)  # float channels-first goes through the model as it is
+    assert torch.allclose(anonymizer(x), model(x), atol=1e-6)
+
+    with pytest.raises(TypeError, match="PIL image, a numpy array or a torch tensor"):
+        anonymizer([rgb])
+    with pytest.raises(ValueError, match="expected uint8 RGB pixels"):
+        anonymizer(rgb.astype(np.float64))
+    with pytest.raises(InputError, match="at least 2 px a side"):
+        anonymizer(rgb[:1, :1])
+
+
+def test_api_batches_images_of_any_sizes_by_size(
+    ckpt: Path, model: Anonymizer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    anonymizer = AnonymizerPipeline.from_checkpoint(ckpt, batch_size=2)
+    rng = np.random.default_rng(4)
+    a, b, c = (rng.integers(0, 256, shape, dtype=np.uint8) for shape in
+               [(40, 56, 3), (30, 20, 3), (40, 56, 3)])  # fmt: skip
+    batches = []
+    frames = anonymizer.frames
+    monkeypatch.setattr(anonymizer, "frames", lambda x: batches.append(x.shape[:3]) or frames(x))
+    out = anonymizer.many([Image.fromarray(a), b, torch.from_numpy(c)])
+    assert sorted(batches) == [(1, 30, 20), (2, 40, 56)]  # a and c in one pass
+    assert isinstance(out[0], Image.Image) and isinstance(out[1], np.ndarray)
+    assert isinstance(out[2], torch.Tensor)
+    for image, result in zip((a, b, c), (np.asarray(out[0]), out[1], out[2].numpy()), strict=True):
+        assert np.array_equal(result, anonymize_pixels(model, torch.from_numpy(image)).numpy())
+
+
+def test_api_anonymizes_video_files(ckpt: Path, tmp_path: Path) -> None:
+    _video(tmp_path / "in.avi")
+    assert load(ckpt, batch_size=8).video(tmp_path / "in.avi", tmp_path / "out.mp4") == FRAMES
+    reader = decord.VideoReader(str(tmp_path / "out.mp4"))
+    assert len(reader) == FRAMES and reader.get_avg_fps() == pytest.approx(FPS)
+    with pytest.raises(InputError, match="cannot write video"):
+        load(ckpt).video(tmp_path / "in.avi", tmp_path / "out.gif")
+
+
+def test_save_anonymizer_round_trips(model: Anonymizer, tmp_path: Path) -> None:
+    for saved in (model, Anonymizer()):
+        loaded = load_anonymizer(save_anonymizer(saved, tmp_path / "a.ckpt"))
+        x = torch.rand(1, 3, 16, 16)
+        assert torch.equal(loaded(x), saved.eval()(x))

@@ -16,9 +16,11 @@ their bytes), so a caller can tell which request an answer belongs to. Faults:
 They are chosen per arrival: first from ``script`` (the first arrivals, in order), then by
 ``rule(prompt_text)`` (e.g. always fail one request), then at random with ``rates``.
 
-``GET …/stats`` returns the counters as JSON. :class:`LoopbackProcess` runs the server in its own
-process (what ``bench mllm`` does, so the server's CPU time does not compete with the client's for
-one interpreter); by hand::
+``"stream": true`` is answered as server-sent events (``chat.completion.chunk`` deltas, a usage
+chunk when ``stream_options.include_usage`` asks for one, then ``[DONE]``), as OpenAI streams.
+``GET …/models`` lists one model, ``loopback``; ``GET …/stats`` returns the counters as JSON.
+:class:`LoopbackProcess` runs the server in its own process (what ``bench mllm`` does, so the
+server's CPU time does not compete with the client's for one interpreter); by hand::
 
     python -m privacy_lit.mllm.loopback --port 8000 --latency-ms 50 --rate 429=0.1 --rate drop=0.05
 
@@ -34,6 +36,7 @@ import hashlib
 import json
 import math
 import random
+import re
 import signal
 import socket
 import subprocess
@@ -98,6 +101,9 @@ class LoopbackServer:
         self.authorizations: set[str] = set()
         self.image_counts: list[int] = []
         self.image_types: set[str] = set()
+        self.bodies: list[bytes] = []
+        """The raw body of every POST that arrived, in arrival order: what a test checks a
+        client (or a proxy in front of this server) actually sent."""
         self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.loopback = self
         self._thread: threading.Thread | None = None
@@ -224,12 +230,17 @@ class _Handler(BaseHTTPRequestHandler):
     def do_GET(self) -> None:  # noqa: N802 - stdlib's name
         if self.path.rstrip("/").endswith("/stats"):
             self._send_json(200, self.server.loopback.counters())
+        elif self.path.rstrip("/").endswith("/models"):
+            model = {"id": "loopback", "object": "model", "created": 0, "owned_by": "loopback"}
+            self._send_json(200, {"object": "list", "data": [model]})
         else:
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
 
     def do_POST(self) -> None:  # noqa: N802 - stdlib's name
         server = self.server.loopback
         body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        with server._lock:
+            server.bodies.append(body)
         if not self.path.endswith("/chat/completions"):
             self._send_json(404, {"error": {"message": f"no route {self.path}"}})
             return
@@ -253,7 +264,11 @@ class _Handler(BaseHTTPRequestHandler):
                 reply = _completion(request.get("model", "loopback"), content, usage)
                 server._book(action, usage, images)
                 try:
-                    self._send_json(200, reply)
+                    if request.get("stream"):
+                        options = request.get("stream_options") or {}
+                        self._send_stream(reply, bool(options.get("include_usage")))
+                    else:
+                        self._send_json(200, reply)
                 except OSError:  # the client gave up: not answered
                     server._retract(usage, images)
                 return
@@ -292,6 +307,30 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(data)))
         self.end_headers()
         self.wfile.write(data)
+        self.wfile.flush()
+
+    def _send_stream(self, reply: dict[str, Any], include_usage: bool) -> None:
+        """``reply`` as OpenAI streams it: one ``chat.completion.chunk`` per word, in chunked
+        transfer encoding (the connection stays open for the next request)."""
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        head = {key: reply[key] for key in ("id", "created", "model")}
+        head["object"] = "chat.completion.chunk"
+        words = re.split(r"(?<=\s)(?=\S)", reply["choices"][0]["message"]["content"])
+        deltas = [{"role": "assistant", "content": ""}, *({"content": w} for w in words), {}]
+        events = [
+            {**head, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+            for delta, finish in zip(deltas, [None] * (len(deltas) - 1) + ["stop"], strict=True)
+        ]
+        if include_usage:
+            events.append({**head, "choices": [], "usage": reply["usage"]})
+        for event in [*map(json.dumps, events), "[DONE]"]:
+            data = f"data: {event}\n\n".encode()
+            self.wfile.write(b"%x\r\n%s\r\n" % (len(data), data))
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
         self.wfile.flush()
 
 
@@ -364,35 +403,23 @@ def _completion(model: str, content: str, usage: tuple[int, int]) -> dict[str, A
     }
 
 
-class LoopbackProcess:
-    """A :class:`LoopbackServer` in a child process, as a context manager.
+class ServerProcess:
+    """A server in a child process that prints its base URL on the first line of stdout (this
+    file run as a script does, and so does ``python -m privacy_lit.serve --port 0``), as a
+    context manager: the URL is :attr:`base_url` inside it, the process is ended after it."""
 
-    The child runs this file as a script: it needs only the standard library, so it starts in
-    milliseconds instead of importing torch with the package.
-    """
-
-    def __init__(
-        self,
-        latency_s: float = 0.0,
-        rates: Mapping[str, float] | None = None,
-        hang_s: float = 2.0,
-        seed: int = 0,
-    ):
-        self.command = [
-            sys.executable, __file__, "--latency-ms", str(1000 * latency_s),
-            "--hang-s", str(hang_s), "--seed", str(seed),
-            *(f"--rate={action}={p}" for action, p in (rates or {}).items()),
-        ]  # fmt: skip
+    def __init__(self, command: Sequence[str]):
+        self.command = list(command)
         self._process: subprocess.Popen[str] | None = None
         self.base_url = ""
 
-    def __enter__(self) -> LoopbackProcess:
+    def __enter__(self) -> ServerProcess:
         self._process = subprocess.Popen(self.command, stdout=subprocess.PIPE, text=True)
         assert self._process.stdout is not None
         self.base_url = self._process.stdout.readline().strip()
         if not self.base_url.startswith("http://"):
             self.__exit__()
-            raise RuntimeError(f"the loopback server did not start: {self.command}")
+            raise RuntimeError(f"the server did not start: {self.command}")
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -407,6 +434,31 @@ class LoopbackProcess:
         if self._process.stdout is not None:
             self._process.stdout.close()
         self._process = None
+
+
+class LoopbackProcess(ServerProcess):
+    """A :class:`LoopbackServer` in a child process, as a context manager.
+
+    The child runs this file as a script: it needs only the standard library, so it starts in
+    milliseconds instead of importing torch with the package.
+    """
+
+    def __init__(
+        self,
+        latency_s: float = 0.0,
+        rates: Mapping[str, float] | None = None,
+        hang_s: float = 2.0,
+        seed: int = 0,
+    ):
+        super().__init__([
+            sys.executable, __file__, "--latency-ms", str(1000 * latency_s),
+            "--hang-s", str(hang_s), "--seed", str(seed),
+            *(f"--rate={action}={p}" for action, p in (rates or {}).items()),
+        ])  # fmt: skip
+
+    def __enter__(self) -> LoopbackProcess:
+        super().__enter__()
+        return self
 
     def counters(self) -> dict[str, Any]:
         """The server's counters (see :meth:`LoopbackServer.counters`)."""
