@@ -224,7 +224,10 @@ class MLLMUsageMonitor(L.Callback):
     - ``mllm/calls_per_sample``: training-stage calls per training clip of the dataset — the
       figure ``results.json`` reports as ``mllm_calls_per_sample`` (Tab. 6) — when the datamodule
       has ``utility_dataset("train")``;
-    - ``mllm/calls_<stage>``: the backend's per-stage totals (train, val, test).
+    - ``mllm/calls_<stage>``: the backend's per-stage totals (train, val, test);
+    - ``mllm/endpoint/<host:port>/calls``, ``errors``, ``latency_ms`` for a backend that spreads
+      queries over several servers (a fleet): answered queries (they add up to ``total_calls``),
+      failed attempts and the mean time of an answer, since the backend was created.
 
     Args:
         mllm_attribute: where the LightningModule keeps its :class:`BlackBoxMLLM`.
@@ -287,6 +290,12 @@ class MLLMUsageMonitor(L.Callback):
             f"{p}cache_hit_rate": now["cache_hits"] / lookups if lookups else 0.0,
         }
         metrics |= {f"{p}calls_{stage}": float(n) for stage, n in stats.by_stage.items()}
+        for name, figures in stats.by_endpoint.items():
+            calls = figures["calls"]
+            metrics[f"{p}endpoint/{name}/calls"] = float(calls)
+            metrics[f"{p}endpoint/{name}/errors"] = float(figures["errors"])
+            if calls:
+                metrics[f"{p}endpoint/{name}/latency_ms"] = 1000 * figures["latency_s"] / calls
         if self._train_samples:
             train_calls = stats.by_stage.get("train", 0)
             metrics[f"{p}calls_per_sample"] = train_calls / self._train_samples

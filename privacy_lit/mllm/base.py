@@ -51,6 +51,10 @@ class QueryStats:
     completion_tokens: int = 0
     cost_usd: float = 0.0
     by_stage: dict[str, int] = field(default_factory=dict)
+    by_endpoint: dict[str, dict[str, float]] = field(default_factory=dict)
+    """Per server, for backends that spread queries over several: ``calls`` (answered; they add
+    up to ``calls``), ``errors`` (failed attempts) and ``latency_s`` (time spent on the answered
+    ones)."""
 
     def as_dict(self) -> dict[str, float]:
         return {
@@ -60,6 +64,11 @@ class QueryStats:
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
             **{f"calls_{k}": v for k, v in self.by_stage.items()},
+            **{
+                f"endpoint/{name}/{k}": v
+                for name, figures in self.by_endpoint.items()
+                for k, v in figures.items()
+            },
         }
 
 

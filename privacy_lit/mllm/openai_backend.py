@@ -9,6 +9,18 @@ Retries are our own loop, not the client's (``max_retries=0``): the client's bac
 fixed constants, and we need to count every request exactly once and name the request and its
 last status when it finally fails.
 
+A *fleet* — ``base_url`` a list, e.g. one vLLM server per GPU node, all serving the same model —
+is one black box: each request goes to the endpoint with the fewest requests outstanding (at most
+``concurrency`` per endpoint, so N endpoints keep N times the requests in flight). An endpoint
+whose attempt fails for a reason of its own (5xx, 408/409/429, a timeout or a dropped connection,
+e.g. a server that hangs) leaves the rotation for a back-off that doubles with each failure in a
+row, and the request is retried at once on another endpoint; back in rotation, the endpoint takes
+one request at a time until it answers one. A query is counted once, whichever endpoint answered
+it; ``stats.by_endpoint`` holds each endpoint's answered calls (they add up to ``stats.calls``),
+failed attempts and time spent on answers, which :class:`~privacy_lit.callbacks.MLLMUsageMonitor`
+logs. The response cache key names a fleet (``base_url`` a list) by its model, not by its
+endpoints: a rerun hits the cache whatever endpoint answered first, and on another job's nodes.
+
 :meth:`answer` is synchronous, since the training step calls it. The requests run on an asyncio
 event loop in a background thread that lives as long as the backend, so the HTTP connection pool
 is kept across steps and ``answer`` also works when the calling thread already runs an event loop
@@ -29,8 +41,8 @@ import threading
 import time
 import warnings
 import weakref
-from collections.abc import Awaitable, Callable, Coroutine, Mapping
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import urlparse
 
@@ -57,6 +69,12 @@ class _Outcome:
     completion_tokens: int = 0
     retries: int = 0
     failure: str | None = None
+    endpoint: str | None = None
+    """The endpoint that answered (its :func:`endpoint_name`)."""
+    latency_s: float = 0.0
+    """How long the answering attempt took."""
+    errors: list[str] = field(default_factory=list)
+    """The endpoint of every failed attempt, in order."""
 
 
 class OpenAIChatMLLM(BlackBoxMLLM):
@@ -65,7 +83,8 @@ class OpenAIChatMLLM(BlackBoxMLLM):
     Args:
         model: model name on the server (``gpt-4o``; for vLLM, the served model's name).
         base_url: server URL up to ``/v1`` (None: OpenAI's API). E.g. ``http://localhost:8000/v1``
-            for vLLM, ``http://localhost:11434/v1`` for Ollama.
+            for vLLM, ``http://localhost:11434/v1`` for Ollama. A list of URLs is a fleet of
+            servers of the same model (module docstring).
         api_key_env: the environment variable holding the API key. The key is never taken from a
             config file, so configs can be shared and committed.
         require_api_key: whether a missing key is an error. None: required unless ``base_url`` is
@@ -79,7 +98,7 @@ class OpenAIChatMLLM(BlackBoxMLLM):
             the model otherwise sees unrelated images. None: nothing.
         image_format, jpeg_quality: how frames are encoded (PNG is lossless and larger).
         detail: OpenAI's image ``detail`` (``low``: 85 tokens per frame); None omits the field.
-        concurrency: requests in flight at once.
+        concurrency: requests in flight at once, per endpoint.
         requests_per_minute, tokens_per_minute: the account's rate limits (None: unlimited).
             Tokens are estimated before a request (text, images, ``max_tokens``) and corrected
             with the usage the server reports.
@@ -88,6 +107,8 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         backoff_initial_s, backoff_max_s: the n-th retry waits ``min(max, initial·2ⁿ)`` with
             jitter (uniform in its upper half); a longer ``Retry-After`` from the server wins.
         timeout_s: time limit of one attempt.
+        endpoint_backoff_s: how long an endpoint of a fleet stays out of rotation after a failed
+            attempt; doubled for each further failure in a row, at most ``backoff_max_s``.
         prices: USD per 1M tokens per model, ``{model: {prompt: …, completion: …}}`` (None: the
             defaults of :mod:`privacy_lit.mllm.cost`).
         http_client: the openai client's HTTP transport: ``"aiohttp"``
@@ -99,7 +120,7 @@ class OpenAIChatMLLM(BlackBoxMLLM):
     def __init__(
         self,
         model: str = "gpt-4o",
-        base_url: str | None = None,
+        base_url: str | Sequence[str] | None = None,
         api_key_env: str = "OPENAI_API_KEY",
         require_api_key: bool | None = None,
         max_tokens: int = 64,
@@ -119,6 +140,7 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         backoff_initial_s: float = 0.5,
         backoff_max_s: float = 30.0,
         timeout_s: float = 60.0,
+        endpoint_backoff_s: float = 5.0,
         prices: Mapping[str, PriceSpec] | None = None,
         http_client: Literal["aiohttp", "httpx"] = "aiohttp",
     ):
@@ -128,7 +150,21 @@ class OpenAIChatMLLM(BlackBoxMLLM):
                 f"need num_frames >= 1, concurrency >= 1, max_retries >= 0; got {num_frames}, "
                 f"{concurrency}, {max_retries}"
             )
+        endpoints = [base_url] if base_url is None or isinstance(base_url, str) else [*base_url]
+        if (
+            not endpoints
+            or len(set(endpoints)) != len(endpoints)
+            or (len(endpoints) > 1 and None in endpoints)
+        ):
+            raise ValueError(
+                f"base_url must be one URL or a list of distinct server URLs, got {base_url!r}"
+            )
+        if endpoint_backoff_s <= 0:
+            raise ValueError(f"endpoint_backoff_s must be > 0, got {endpoint_backoff_s}")
         self.model, self.base_url = model, base_url
+        self.endpoints: list[str | None] = endpoints
+        self.fleet_url_list = None if base_url is None or isinstance(base_url, str) else endpoints
+        self.endpoint_backoff_s = endpoint_backoff_s
         self.api_key_env, self.require_api_key = api_key_env, require_api_key
         self.max_tokens, self.temperature, self.seed = max_tokens, temperature, seed
         self.extra_body = dict(extra_body or {})
@@ -147,10 +183,10 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         self.retries = 0
         """Attempts that failed and were retried, over the backend's life."""
         self._loop: _LoopThread | None = None
-        self._client: openai.AsyncOpenAI | None = None
+        self._fleet: _Fleet | None = None
         self._finalizer: weakref.finalize | None = None
         self._limiters: _Limiters | None = None
-        if self.prices.price(model) is None and not _is_local(base_url):
+        if self.prices.price(model) is None and not self._all_local():
             warnings.warn(
                 f"no price for model {model!r}: its cost is recorded as $0 and a max_usd budget "
                 f"never triggers; set `prices: {{{model}: {{prompt: …, completion: …}}}}`",
@@ -159,32 +195,37 @@ class OpenAIChatMLLM(BlackBoxMLLM):
 
     # ----------------------------------------------------------------------------- life cycle
     def prepare(self) -> None:
-        """Check the API key and start the event-loop thread and the HTTP client."""
+        """Check the API key and start the event-loop thread and the HTTP clients."""
         if self._loop is not None:
             return
         api_key = self._api_key()
         self._loop = _LoopThread()
-        self._client = self._loop.call(self._make_client(api_key))
-        # a backend dropped without close() still closes its client and thread
-        self._finalizer = weakref.finalize(self, self._loop.close, self._client.close)
+        self._fleet = self._loop.call(self._make_fleet(api_key))
+        # a backend dropped without close() still closes its clients and thread
+        self._finalizer = weakref.finalize(self, self._loop.close, self._fleet.close)
 
-    async def _make_client(self, api_key: str) -> openai.AsyncOpenAI:
+    async def _make_fleet(self, api_key: str) -> _Fleet:
         # created on the backend's loop: a connection pool belongs to the loop that opened it
-        transport = {}
-        if self.http_client == "aiohttp":
-            transport["http_client"] = openai.DefaultAioHttpClient()
-        return openai.AsyncOpenAI(
-            api_key=api_key, base_url=self.base_url, timeout=self.timeout_s, max_retries=0,
-            **transport,
-        )  # fmt: skip
+        clients = []
+        for url in self.endpoints:
+            transport = {}
+            if self.http_client == "aiohttp":
+                transport["http_client"] = openai.DefaultAioHttpClient()
+            clients.append(openai.AsyncOpenAI(
+                api_key=api_key, base_url=url, timeout=self.timeout_s, max_retries=0, **transport,
+            ))  # fmt: skip
+        names = [endpoint_name(url) for url in self.endpoints]
+        return _Fleet(names, clients, self.concurrency, self.endpoint_backoff_s,
+                      self.backoff_max_s)  # fmt: skip
+
+    def _all_local(self) -> bool:
+        return all(_is_local(url) for url in self.endpoints)
 
     def _api_key(self) -> str:
         key = os.environ.get(self.api_key_env)
         if key:
             return key
-        required = (
-            not _is_local(self.base_url) if self.require_api_key is None else self.require_api_key
-        )
+        required = not self._all_local() if self.require_api_key is None else self.require_api_key
         if required:
             where = self.base_url or "OpenAI's API"
             raise RuntimeError(
@@ -198,7 +239,7 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         """Close the HTTP client and stop the event-loop thread (``prepare`` starts them again)."""
         if self._finalizer is not None:
             self._finalizer()  # closes the client, stops the loop, joins the thread
-        self._loop = self._client = self._finalizer = self._limiters = None
+        self._loop = self._fleet = self._finalizer = self._limiters = None
 
     def __enter__(self) -> OpenAIChatMLLM:
         self.prepare()
@@ -210,14 +251,17 @@ class OpenAIChatMLLM(BlackBoxMLLM):
     def __getstate__(self) -> dict[str, Any]:
         # a thread, a loop and sockets do not pickle; a copy reconnects on first use
         state = dict(self.__dict__)
-        state.update(_loop=None, _client=None, _finalizer=None, _limiters=None)
+        state.update(_loop=None, _fleet=None, _finalizer=None, _limiters=None)
         return state
 
     def cache_identity(self) -> dict[str, object]:
         return {
             **super().cache_identity(),
             "model": self.model,
-            "base_url": self.base_url,  # the same name on two servers may be two models
+            # the same name on two servers may be two models. A fleet serves one model, and its
+            # hosts change from one job's allocation to the next, so which endpoints it has (and
+            # which one answered) is not part of the key: a rerun on other nodes hits the cache
+            "base_url": self.base_url if self.fleet_url_list is None else "fleet",
             "max_tokens": self.max_tokens,
             "temperature": self.temperature,
             "seed": self.seed,
@@ -247,39 +291,49 @@ class OpenAIChatMLLM(BlackBoxMLLM):
             self.stats.cost_usd += self.prices.cost(
                 self.model, outcome.prompt_tokens, outcome.completion_tokens
             )
+            for name in outcome.errors:
+                self._endpoint_stats(name)["errors"] += 1
+            if outcome.answer is not None and outcome.endpoint is not None:
+                figures = self._endpoint_stats(outcome.endpoint)
+                figures["calls"] += 1
+                figures["latency_s"] += outcome.latency_s
         failures = {i: o.failure for i, o in enumerate(outcomes) if o.failure is not None}
         if failures:
             raise BatchError(failures, [o.answer for o in outcomes])
         return [o.answer for o in outcomes if o.answer is not None]
 
+    def _endpoint_stats(self, name: str) -> dict[str, float]:
+        return self.stats.by_endpoint.setdefault(name, {"calls": 0, "errors": 0, "latency_s": 0.0})
+
     async def _answer_all(self, requests: list[Request]) -> list[_Outcome]:
-        slots = asyncio.Semaphore(self.concurrency)
         if self._limiters is None:  # kept across batches: rate limits span training steps
             self._limiters = _Limiters(self.requests_per_minute, self.tokens_per_minute)
         limiters = self._limiters
-        return await asyncio.gather(*(self._answer_one(r, slots, limiters) for r in requests))
+        return await asyncio.gather(*(self._answer_one(r, limiters) for r in requests))
 
-    async def _answer_one(
-        self, request: Request, slots: asyncio.Semaphore, limiters: _Limiters
-    ) -> _Outcome:
+    async def _answer_one(self, request: Request, limiters: _Limiters) -> _Outcome:
         """One request, retried until it is answered or out of attempts; never raises."""
-        assert self._client is not None
+        fleet = self._fleet
+        assert fleet is not None
         outcome = _Outcome()
         body: dict[str, Any] | None = None
         estimate = self._estimate_tokens(request)
         for attempt in range(self.max_retries + 1):
             retry_after: float | None = None
-            async with slots:
+            endpoint = await fleet.acquire()
+            try:
                 if body is None:  # encoded once a slot is free: overlaps the others' waiting
                     body = self._body(self.messages(request))
                 await limiters.acquire(estimate)
+                started = time.monotonic()
                 try:
-                    completion = await self._client.post(
+                    completion = await endpoint.client.post(
                         "/chat/completions", cast_to=ChatCompletion, body=body
                     )
                 except openai.APIStatusError as error:
                     status = error.status_code
                     reason = f"HTTP {status} ({_error_message(error)})"
+                    outcome.errors.append(endpoint.name)
                     if status not in RETRYABLE_STATUS and status < 500:
                         limiters.refund(estimate)
                         outcome.failure = f"{reason}, not retryable"
@@ -288,18 +342,29 @@ class OpenAIChatMLLM(BlackBoxMLLM):
                     limiters.refund(estimate)
                 except openai.APITimeoutError as error:
                     reason = _timeout_reason(error, self.timeout_s)
+                    outcome.errors.append(endpoint.name)
                 except openai.APIConnectionError as error:
                     cause = error.__cause__
                     reason = f"connection error ({type(cause).__name__}: {cause})"
+                    outcome.errors.append(endpoint.name)
                 except openai.APIError as error:  # e.g. a body that is not a chat completion
+                    outcome.errors.append(endpoint.name)
                     outcome.failure = f"{type(error).__name__}: {error}, not retryable"
                     return outcome
                 else:
+                    fleet.succeeded(endpoint)
+                    outcome.endpoint, outcome.latency_s = endpoint.name, time.monotonic() - started
                     return self._record(outcome, completion, estimate, limiters)
+                fleet.failed(endpoint, retry_after)
+            finally:
+                fleet.release(endpoint)
+            if len(self.endpoints) > 1:
+                reason = f"{reason} from {endpoint.name}"
             if attempt == self.max_retries:
                 break
             outcome.retries += 1
-            await asyncio.sleep(self._backoff(attempt, retry_after))
+            if fleet.size == 1:  # a fleet retries at once elsewhere; one endpoint waits for itself
+                await asyncio.sleep(self._backoff(attempt, retry_after))
         outcome.failure = f"gave up after {self.max_retries + 1} attempts, last: {reason}"
         return outcome
 
@@ -394,6 +459,105 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         height, width = request.visual.shape[-3], request.visual.shape[-2]
         text = len(request.prompt) + len(self.system_prompt or "") + len(self.video_note or "")
         return math.ceil(text / 4) + n * _image_tokens(height, width, self.detail) + self.max_tokens
+
+
+def endpoint_name(base_url: str | None) -> str:
+    """How an endpoint is named in ``stats.by_endpoint`` and the logs: ``host:port`` (the path
+    too where it is not the usual ``/v1``); OpenAI's API for None."""
+    if base_url is None:
+        return "api.openai.com"
+    parsed = urlparse(base_url)
+    path = parsed.path.rstrip("/")
+    return parsed.netloc + ("" if path in ("", "/v1") else path)
+
+
+@dataclass(eq=False)
+class _Endpoint:
+    name: str
+    client: openai.AsyncOpenAI
+    outstanding: int = 0
+    failures: int = 0
+    """Failed attempts in a row (0: healthy)."""
+    down_until: float = 0.0
+    """``time.monotonic()`` at which it rejoins the rotation."""
+
+
+class _Fleet:
+    """The endpoints of one backend and which of them takes the next request (on the backend's
+    event loop): the least outstanding requests among the endpoints in rotation, ties in turn.
+
+    An endpoint takes at most ``concurrency`` requests at once, one while it is recovering from
+    a failure. :meth:`failed` takes it out of rotation for ``backoff_s``·2^(failures − 1) (at most
+    ``backoff_max_s``, at least a server's ``Retry-After``); a lone endpoint is never taken out,
+    as there is nowhere else to go (its requests back off themselves).
+    """
+
+    def __init__(
+        self,
+        names: list[str],
+        clients: list[openai.AsyncOpenAI],
+        concurrency: int,
+        backoff_s: float,
+        backoff_max_s: float,
+    ):
+        self.endpoints = [_Endpoint(n, c) for n, c in zip(names, clients, strict=True)]
+        self.concurrency, self.backoff_s, self.backoff_max_s = concurrency, backoff_s, backoff_max_s
+        self._turn = 0
+        self._wakeup: asyncio.Future[None] | None = None
+
+    @property
+    def size(self) -> int:
+        return len(self.endpoints)
+
+    def _pick(self, now: float) -> _Endpoint | None:
+        ready = [
+            (e.outstanding, (i - self._turn) % self.size, i)
+            for i, e in enumerate(self.endpoints)
+            if e.down_until <= now and e.outstanding < (1 if e.failures else self.concurrency)
+        ]
+        if not ready:
+            return None
+        index = min(ready)[2]
+        self._turn = index + 1
+        return self.endpoints[index]
+
+    async def acquire(self) -> _Endpoint:
+        """An endpoint with a free slot, waiting for one to free up or come back into rotation."""
+        while True:
+            now = time.monotonic()
+            endpoint = self._pick(now)
+            if endpoint is not None:
+                endpoint.outstanding += 1
+                return endpoint
+            if self._wakeup is None:
+                self._wakeup = asyncio.get_running_loop().create_future()
+            returns = [e.down_until - now for e in self.endpoints if e.down_until > now]
+            try:  # shielded: one waiter's timeout must not cancel the others' wake-up
+                await asyncio.wait_for(asyncio.shield(self._wakeup), min(returns, default=None))
+            except TimeoutError:
+                pass  # an endpoint's back-off ended
+
+    def release(self, endpoint: _Endpoint) -> None:
+        """A slot of ``endpoint`` is free again: every waiting request looks again."""
+        endpoint.outstanding -= 1
+        if self._wakeup is not None and not self._wakeup.done():
+            self._wakeup.set_result(None)
+        self._wakeup = None
+
+    def succeeded(self, endpoint: _Endpoint) -> None:
+        endpoint.failures = 0
+
+    def failed(self, endpoint: _Endpoint, retry_after: float | None) -> None:
+        if self.size == 1:
+            return
+        endpoint.failures += 1
+        pause = min(self.backoff_max_s, self.backoff_s * 2 ** (endpoint.failures - 1))
+        pause = max(pause, min(retry_after or 0.0, self.backoff_max_s))
+        endpoint.down_until = max(endpoint.down_until, time.monotonic() + pause)
+
+    async def close(self) -> None:
+        for endpoint in self.endpoints:
+            await endpoint.client.close()
 
 
 class _LoopThread:
