@@ -159,3 +159,17 @@ def test_training_on_a_fleet_survives_a_failing_server_and_reruns_from_the_cache
     again = fleet_of(*[LoopbackServer() for _ in range(2)])
     _train(tiny_root, CachedMLLM(again, str(tmp_path / "cache")), steps)
     assert again.stats.calls == 0 and again.stats.cache_hits == queries
+
+
+def test_bench_mllm_fleet_mode_reports_ratios_over_fleet_sizes(tmp_path: Path) -> None:
+    from privacy_lit.bench.mllm import main
+
+    out = tmp_path / "fleet.json"
+    result = main(["--fleet", "--requests", "8", "--latency-ms", "5", "--server-concurrency", "2",
+                   "--endpoints", "1,2", "--rounds", "1", "--json", str(out)])  # fmt: skip
+    assert set(result["fleets"]) == {1, 2}
+    assert result["fleets"][1]["ratio_to_smallest"] == 1.0
+    assert result["speedup_largest"] == result["fleets"][2]["ratio_to_smallest"] > 0
+    assert result["fleets"][2]["calls_per_endpoint"] == [4, 4]  # least outstanding: even split
+    assert result["server_answered"] == (8 + 1) + (8 + 2)  # timed batches and one warm-up each
+    assert json.loads(out.read_text())["mode"] == "fleet"

@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import contextlib
 import hashlib
 import json
 import math
@@ -64,6 +65,8 @@ class LoopbackServer:
         rates: probability of each fault action per arrival, e.g. ``{"429": 0.1, "drop": 0.05}``.
         rule: prompt text → fault action or None, checked for every arrival after ``script``.
         hang_s: how long a ``"hang"`` holds the connection before closing it.
+        max_concurrency: requests answered at once, as a model server's batch slots; later
+            arrivals wait for a free slot (None: no limit).
         seed: seed of the ``rates`` draws.
         port: port on 127.0.0.1 (0: any free one).
     """
@@ -78,8 +81,16 @@ class LoopbackServer:
         hang_s: float = 2.0,
         seed: int = 0,
         port: int = 0,
+        max_concurrency: int | None = None,
     ):
         self.latency_s, self.jitter_s, self.hang_s = latency_s, jitter_s, hang_s
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError(f"max_concurrency must be >= 1, got {max_concurrency}")
+        self.slots = (
+            contextlib.nullcontext()
+            if max_concurrency is None
+            else threading.BoundedSemaphore(max_concurrency)
+        )
         self.script = list(script)
         self.rates = dict(rates or {})
         if sum(self.rates.values()) > 1:
@@ -255,7 +266,8 @@ class _Handler(BaseHTTPRequestHandler):
             with server._lock:
                 server.authorizations.add(self.headers.get("Authorization", ""))
             if action == "ok":
-                time.sleep(server._delay())
+                with server.slots:
+                    time.sleep(server._delay())
                 content = _echo(text, images)
                 usage = (
                     math.ceil(len(text) / 4) + IMAGE_TOKENS * len(images),
@@ -449,11 +461,13 @@ class LoopbackProcess(ServerProcess):
         rates: Mapping[str, float] | None = None,
         hang_s: float = 2.0,
         seed: int = 0,
+        max_concurrency: int | None = None,
     ):
         super().__init__([
             sys.executable, __file__, "--latency-ms", str(1000 * latency_s),
             "--hang-s", str(hang_s), "--seed", str(seed),
             *(f"--rate={action}={p}" for action, p in (rates or {}).items()),
+            *([] if max_concurrency is None else ["--max-concurrency", str(max_concurrency)]),
         ])  # fmt: skip
 
     def __enter__(self) -> LoopbackProcess:
@@ -479,11 +493,13 @@ def main(argv: list[str] | None = None) -> None:
     )  # fmt: skip
     parser.add_argument("--hang-s", type=float, default=2.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-concurrency", type=int, default=None, help="requests at once")
     args = parser.parse_args(argv)
     rates = {a: float(p) for a, _, p in (r.partition("=") for r in args.rate)}
     server = LoopbackServer(
-        args.latency_ms / 1000, rates=rates, hang_s=args.hang_s, seed=args.seed, port=args.port
-    )
+        args.latency_ms / 1000, rates=rates, hang_s=args.hang_s, seed=args.seed, port=args.port,
+        max_concurrency=args.max_concurrency,
+    )  # fmt: skip
     print(server.base_url, flush=True)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     try:
