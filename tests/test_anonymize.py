@@ -19,8 +19,7 @@ from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
 FPS, FRAMES = 12.5, 20
 
 
-@pytest.fixture(scope="module")
-def model() -> Anonymizer:
+def small_anonymizer() -> Anonymizer:
     """A small anonymizer whose head is not the identity (its last layer starts at zero)."""
     torch.manual_seed(0)
     model = Anonymizer((4, 8), (8,))
@@ -28,6 +27,11 @@ def model() -> Anonymizer:
         for p in model.head.parameters():
             p.copy_(torch.randn_like(p) * 0.3)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def model() -> Anonymizer:
+    return small_anonymizer()
 
 
 @pytest.fixture(scope="module")

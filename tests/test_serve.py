@@ -34,8 +34,9 @@ from privacy_lit.deploy import AnonymizerPipeline, save_anonymizer
 from privacy_lit.mllm.loopback import LoopbackServer, _echo, _parse_messages
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels
 from privacy_lit.serve import ProxyConfig, create_app
-from privacy_lit.serve.app import PrivacyProxy
+from privacy_lit.serve.app import PROXY, PrivacyProxy
 from privacy_lit.serve.metrics import summary
+from tests.test_anonymize import small_anonymizer
 
 CLIENT_KEY = "sk-client-5ecret-b3a7"
 PROXY_KEY = "sk-proxy-5ecret-9f21"
@@ -44,13 +45,7 @@ PROXY_KEY = "sk-proxy-5ecret-9f21"
 # ----------------------------------------------------------------------------- fixtures
 @pytest.fixture(scope="module")
 def model() -> Anonymizer:
-    """A small anonymizer whose head is not the identity (its last layer starts at zero)."""
-    torch.manual_seed(0)
-    model = Anonymizer((4, 8), (8,))
-    with torch.no_grad():
-        for p in model.head.parameters():
-            p.copy_(torch.randn_like(p) * 0.3)
-    return model.eval()
+    return small_anonymizer()
 
 
 @pytest.fixture(scope="module")
@@ -450,7 +445,7 @@ def test_the_key_reaches_the_upstream_and_no_log_line(
             client.chat.completions.create(model="m", messages=BAD_MESSAGES)
         time.sleep(0.3)  # a summary line is logged
         metrics = urlopen(chain.url.removesuffix("/v1") + "/metrics").read().decode()
-        config = chain.app["proxy"].config
+        config = chain.app[PROXY].config
     assert chain.upstream.authorizations == {f"Bearer {PROXY_KEY}"}  # the proxy's own key
     assert "images anonymized" in caplog.text
     for secret in (PROXY_KEY, CLIENT_KEY):
@@ -466,7 +461,7 @@ BAD_MESSAGES = user(image_part(data_url(b"garbage")))
 def test_metrics_count_requests_images_and_latencies(pipeline: AnonymizerPipeline) -> None:
     with stack(pipeline) as chain:
         client = chain.client()
-        before = chain.app["proxy"].metrics.totals()
+        before = chain.app[PROXY].metrics.totals()
         client.chat.completions.create(
             model="m",
             messages=[{"role": "user", "content": [image_part(data_url(PNG))] * 3}],
@@ -474,7 +469,7 @@ def test_metrics_count_requests_images_and_latencies(pipeline: AnonymizerPipelin
         with pytest.raises(openai.BadRequestError):
             client.chat.completions.create(model="m", messages=BAD_MESSAGES)
         text = urlopen(chain.url.removesuffix("/v1") + "/metrics").read().decode()
-        after = chain.app["proxy"].metrics.totals()
+        after = chain.app[PROXY].metrics.totals()
     assert "privacy_proxy_images_anonymized_total 3.0" in text
     assert 'privacy_proxy_rejected_requests_total{reason="image_undecodable"} 1.0' in text
     assert 'privacy_proxy_requests_total{route="/v1/chat/completions",status="200"} 1.0' in text

@@ -7,10 +7,10 @@ import asyncio
 import json
 import logging
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -29,6 +29,7 @@ from privacy_lit.serve.images import (
 from privacy_lit.serve.metrics import ProxyMetrics, log_periodically
 
 log = logging.getLogger("privacy_lit.serve")
+T = TypeVar("T")
 
 IMAGE_FORMATS = ("auto", "png", "jpeg")
 PASSED_HEADERS = ("OpenAI-Organization", "OpenAI-Project", "OpenAI-Beta", "Idempotency-Key")
@@ -151,7 +152,7 @@ class PrivacyProxy:
         return await self._forward(request, "POST", "/chat/completions", data)
 
     async def models(self, request: web.Request) -> web.StreamResponse:
-        path = request.path.removeprefix("/v1")
+        path = request.raw_path.removeprefix("/v1")  # a model id keeps its %-escapes
         return await self._forward(request, "GET", path, None)
 
     async def metrics_text(self, request: web.Request) -> web.Response:
@@ -184,12 +185,10 @@ class PrivacyProxy:
         """Replace every image's URL by a data URL of the anonymizer's output; returns those URLs.
         Any failure raises :class:`Rejected` before anything is replaced."""
         loop = asyncio.get_running_loop()
-        raw = await asyncio.gather(*(self._bytes(part) for part in images))
-        decoded = await asyncio.gather(
-            *(
-                loop.run_in_executor(None, decode_image, data, part, self.config.max_pixels)
-                for data, part in zip(raw, images, strict=True)
-            )
+        raw = await _all(self._bytes(part) for part in images)
+        decoded = await _all(
+            loop.run_in_executor(None, decode_image, data, part, self.config.max_pixels)
+            for data, part in zip(raw, images, strict=True)
         )
         for part, (pixels, _) in zip(images, decoded, strict=True):
             if min(pixels.shape[:2]) < self.pipeline.min_side:
@@ -210,11 +209,9 @@ class PrivacyProxy:
                 f"{error}); nothing was forwarded", "anonymization_failed",
             ) from error  # fmt: skip
         quality = self.config.jpeg_quality
-        urls = await asyncio.gather(
-            *(
-                loop.run_in_executor(None, encode_image, out, self._format(fmt), quality)
-                for out, (_, fmt) in zip(anonymized, decoded, strict=True)
-            )
+        urls = await _all(
+            loop.run_in_executor(None, encode_image, out, self._format(fmt), quality)
+            for out, (_, fmt) in zip(anonymized, decoded, strict=True)
         )
         for part, url in zip(images, urls, strict=True):
             part.slot["url"] = url
@@ -304,6 +301,19 @@ class PrivacyProxy:
         return response
 
 
+async def _all(awaitables: Iterable[Awaitable[T]]) -> list[T]:
+    """``asyncio.gather``, but the first failure cancels the rest (one bad image of a video
+    stops the fetching and decoding of the others)."""
+    tasks = [asyncio.ensure_future(a) for a in awaitables]
+    try:
+        return await asyncio.gather(*tasks)
+    except BaseException:
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
+
+
 def _forwardable(body: dict[str, Any], produced: set[str]) -> bytes:
     """The request body to send upstream, after checking (again, on what is about to leave)
     that every image in it is one the anonymizer produced. This is the only way a body reaches
@@ -317,13 +327,17 @@ def _forwardable(body: dict[str, Any], produced: set[str]) -> bytes:
     return json.dumps(body, ensure_ascii=False).encode()
 
 
+PROXY = web.AppKey("proxy", PrivacyProxy)
+"""``app[PROXY]``: the application's :class:`PrivacyProxy` (its config and metrics)."""
+
+
 def create_app(pipeline: AnonymizerPipeline, config: ProxyConfig) -> web.Application:
     """The proxy as an aiohttp application (``web.run_app(create_app(...))`` serves it)."""
     proxy = PrivacyProxy(pipeline, config)
     app = web.Application(
         client_max_size=int(config.max_request_mb * 2**20), middlewares=[_counted(proxy)]
     )
-    app["proxy"] = proxy
+    app[PROXY] = proxy
     app.on_startup.append(proxy.start)
     app.on_cleanup.append(proxy.stop)
     app.router.add_post("/v1/chat/completions", proxy.chat_completions)
