@@ -19,9 +19,10 @@ so the rows of a results table are comparable. ``results.json`` keeps the fields
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field, fields
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -33,6 +34,7 @@ from privacy_lit.metrics import ActionTop1, ClasswiseMAP, PerAttributePrecision,
 from privacy_lit.mllm.base import BlackBoxMLLM, Request
 from privacy_lit.models.anonymizer import anonymize_pixels, to_float
 from privacy_lit.models.reviewer import build_reviewer
+from privacy_lit.row_cache import RowCache, tensor_digest
 from privacy_lit.utility.retrieval import RetrievalScorer
 
 
@@ -185,7 +187,7 @@ def _utility_test_data(datamodule) -> tuple[str, Dataset]:
 
 
 def evaluate(
-    anonymizers: dict[str, nn.Module],
+    anonymizers: Mapping[str, nn.Module | Callable[[], nn.Module]],
     datamodule,
     mllm: BlackBoxMLLM,
     scorer: RetrievalScorer | None,
@@ -196,6 +198,8 @@ def evaluate(
     calls_per_sample: dict[str, float] | None = None,
     progress: Callable[[str], None] = print,
     on_row: Callable[[list[Row]], None] | None = None,
+    cache: RowCache | None = None,
+    cache_keys: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> list[Row]:
     """Run the protocol for every anonymizer; returns one :class:`Row` each.
 
@@ -203,6 +207,11 @@ def evaluate(
     The fresh reviewer trains on ``datamodule.reviewer_dataset("train")`` (the training privacy
     data; another set in the novel-attribute protocol) and is tested on
     ``reviewer_dataset("test")``.
+
+    An anonymizer may be given as a function that builds it (a trained comparison): it is
+    called only when its row is not read from ``cache``. Rows named in ``cache_keys`` (name →
+    what that method's figures depend on besides the protocol and the reviewer data) are read
+    from ``cache`` when there, and stored after evaluation.
     """
     task, utility_data = _utility_test_data(datamodule)
     workers = getattr(datamodule, "num_workers", 0)
@@ -234,18 +243,42 @@ def evaluate(
     test_images, test_labels = stack_dataset(reviewer_data("test"), "image", "attributes")
     if len(names) != test_labels.shape[1]:
         names = None  # a data module whose names do not match its labels: number them
+    protocol = {
+        "task": task, "mllm": mllm.cache_identity(), "prompt": prompt, "reviewer": reviewer_arch,
+        "reviewer_epochs": reviewer_epochs, "seed": seed, "names": names,
+        "classes": None if scorer is None else list(scorer.class_texts),
+        "reviewer_data": tensor_digest(train_images, train_labels, test_images, test_labels),
+    } if cache is not None and cache_keys else {}  # fmt: skip
+    label = "VQA accuracy" if task == "vqa" else "top-1"
     rows = []
     for name, anonymizer in anonymizers.items():
-        anonymizer = anonymizer.eval()
-        score = utility(anonymizer)
-        privacy = fresh_reviewer_scores(
-            _apply(anonymizer, train_images), train_labels, _apply(anonymizer, test_images),
-            test_labels, reviewer_arch, reviewer_epochs, seed, desc=name, names=names,
-        )  # fmt: skip
         calls = (calls_per_sample or {}).get(name, 0.0)
-        rows.append(Row(name, score, privacy.cmap, calls, privacy.attribute_precision, metric))
-        label = "VQA accuracy" if task == "vqa" else "top-1"
-        progress(f"evaluated {name}: {label} {100 * score:.1f}, cMAP {100 * privacy.cmap:.1f}")
+        parts = (
+            {**protocol, "method": name, **cache_keys[name]}
+            if protocol and name in cache_keys
+            else None
+        )
+        key = None if parts is None else RowCache.key(parts)
+        stored = None if key is None else cache.get(key)
+        cached = None if stored is None else Row.from_dict(stored)
+        if cached is not None:
+            rows.append(replace(cached, mllm_calls_per_sample=calls))
+            progress(
+                f"cached {name}: {label} {100 * cached.top1:.1f}, cMAP {100 * cached.cmap:.1f}"
+            )
+        else:
+            if not isinstance(anonymizer, nn.Module):
+                anonymizer = anonymizer()
+            anonymizer = anonymizer.eval()
+            score = utility(anonymizer)
+            privacy = fresh_reviewer_scores(
+                _apply(anonymizer, train_images), train_labels, _apply(anonymizer, test_images),
+                test_labels, reviewer_arch, reviewer_epochs, seed, desc=name, names=names,
+            )  # fmt: skip
+            rows.append(Row(name, score, privacy.cmap, calls, privacy.attribute_precision, metric))
+            if key is not None:
+                cache.put(key, asdict(rows[-1]), parts)
+            progress(f"evaluated {name}: {label} {100 * score:.1f}, cMAP {100 * privacy.cmap:.1f}")
         if on_row is not None:
             on_row(rows)
     return rows

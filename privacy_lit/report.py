@@ -12,22 +12,30 @@ A row that appears in several files with the same figures (raw data evaluated by
 later ``test``) is printed once; rows of the same name with different figures (ours from two runs)
 are told apart by their run directory.
 
+With ``--aggregate`` the files are runs of one config with different seeds (a seeds sweep): each
+method's row becomes mean ± std over the runs, dominance is judged on the means and flagged
+"(within noise)" where the spreads overlap (:mod:`privacy_lit.analysis.spread`). A sweep's
+``summary.json`` stands for the results files of its runs.
+
 Examples::
 
     python -m privacy_lit report runs/demo
     python -m privacy_lit report runs/demo/lightning_logs/version_0 \\
         runs/demo/lightning_logs/version_1/results.json --precision
+    python -m privacy_lit report --aggregate runs/sweeps/seeds/summary.json
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
 from privacy_lit.analysis.pareto import Point
+from privacy_lit.analysis.spread import aggregate, check_same_config, format_spread_table
 from privacy_lit.evaluation import Row, format_precision_table, format_table, read_results
 
 
@@ -37,7 +45,7 @@ def find_results(paths: Sequence[str | Path], filename: str = "results.json") ->
     found: list[Path] = []
     for p in map(Path, paths):
         if p.is_file():
-            hits = [p]
+            hits = _sweep_results(p) or [p]
         elif p.is_dir():
             hits = sorted(p.rglob(filename))
             if not hits:
@@ -46,6 +54,23 @@ def find_results(paths: Sequence[str | Path], filename: str = "results.json") ->
             raise FileNotFoundError(f"{p} does not exist")
         found += [h for h in hits if h not in found]
     return found
+
+
+def _sweep_results(path: Path) -> list[Path]:
+    """The results files of a sweep's ``summary.json`` (its finished runs); [] for other files."""
+    if path.suffix != ".json":
+        return []
+    try:
+        payload = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        return []
+    if not isinstance(payload, dict) or not isinstance(payload.get("runs"), list):
+        return []
+    finished = [r for r in payload["runs"] if isinstance(r, dict) and r.get("status") == "ok"]
+    files = [Path(r["results_file"]) for r in finished if r.get("results_file")]
+    if not files:
+        raise FileNotFoundError(f"{path}: a sweep summary without a finished run")
+    return files
 
 
 def _printed_point(row: Row) -> Point:
@@ -113,13 +138,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--precision", action="store_true", help="also print Tab. B11's per-attribute precision"
     )
     parser.add_argument("--filename", default="results.json", help="results file name in dirs")
+    parser.add_argument(
+        "--aggregate",
+        action="store_true",
+        help="the files are seeds of one config: mean ± std per method",
+    )
     args = parser.parse_args(list(sys.argv[1:] if argv is None else argv))
     try:
         files = find_results(args.paths, args.filename)
-        rows = collect_rows(files)
+        if args.aggregate:
+            check_same_config(files)
+            spread = aggregate([read_results(f)[0] for f in files])
+        else:
+            rows = collect_rows(files)
     except (FileNotFoundError, ValueError) as err:
         print(f"report: {err}", file=sys.stderr)
         return 2
+    if args.aggregate:
+        print(format_spread_table(spread))
+        print(f"\n{len(files)} runs aggregated (mean ± sample std over seeds)")
+        return 0
     print(format_report(rows))
     if args.precision:
         table = format_precision_table(rows) or "(no per-attribute figures in these files)"

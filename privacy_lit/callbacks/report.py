@@ -10,10 +10,15 @@ then evaluates the comparison methods only, and says so.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
+from dataclasses import asdict
+from functools import partial
 from pathlib import Path
 
 import lightning as L
 import torch
+import yaml
 from lightning.pytorch.utilities import rank_zero_only, rank_zero_warn
 from torch import nn
 
@@ -31,6 +36,7 @@ from privacy_lit.evaluation import (
     format_table,
     write_results,
 )
+from privacy_lit.row_cache import RowCache
 
 TRAINED_COMPARISONS: tuple[str, ...] = ("surrogate", "whitebox")
 """Comparison methods that train an anonymizer first (:mod:`privacy_lit.baselines.surrogate`)."""
@@ -93,6 +99,14 @@ class PrivacyUtilityReport(L.Callback):
             privacy weight, seed; :class:`~privacy_lit.baselines.surrogate.AdversarialConfig`).
         surrogate: the surrogate recognizer trained on raw clips (epochs, width, seed;
             :class:`~privacy_lit.baselines.surrogate.SurrogateConfig`).
+        row_cache: a folder where the comparison rows are kept (:mod:`privacy_lit.row_cache`):
+            they do not depend on the anonymizer a run trains, so a later run with the same
+            data, black box, protocol and seed reads them instead of training their reviewers
+            (and the surrogate / white-box anonymizers) again. Needs the run's saved config
+            (``config.yaml`` in the log directory, as LightningCLI writes it) for the data part
+            of the key; without one nothing is cached. None: no cache.
+        seed: the fresh reviewers' seed; None: the run's seed (``seed_everything``), so a seeds
+            sweep measures the reviewer's spread too.
     """
 
     def __init__(
@@ -104,6 +118,8 @@ class PrivacyUtilityReport(L.Callback):
         baselines: list[str] | None = None,
         adversarial: AdversarialConfig | None = None,
         surrogate: SurrogateConfig | None = None,
+        row_cache: str | None = None,
+        seed: int | None = None,
     ):
         self.reviewer_epochs = reviewer_epochs
         self.reviewer_arch = reviewer_arch
@@ -115,6 +131,8 @@ class PrivacyUtilityReport(L.Callback):
             raise ValueError(f"reviewer_epochs must be >= 0, got {reviewer_epochs}")
         self.adversarial = adversarial or AdversarialConfig()
         self.surrogate = surrogate or SurrogateConfig()
+        self.row_cache = None if row_cache is None else RowCache(row_cache)
+        self.seed = seed
 
     @property
     def comparisons(self) -> list[str]:
@@ -181,9 +199,11 @@ class PrivacyUtilityReport(L.Callback):
     ) -> None:
         datamodule = trainer.datamodule
         arch = self.reviewer_arch or pl_module.hparams.reviewer_arch
-        anonymizers = {
-            method_name(n): self._build(n, pl_module, datamodule, arch) for n in self.comparisons
+        anonymizers: dict[str, nn.Module | Callable[[], nn.Module]] = {
+            method_name(n): partial(self._build, n, pl_module, datamodule, arch)
+            for n in self.comparisons
         }
+        cache_keys = self._cache_keys(trainer, pl_module)
         calls = {}
         if include_ours:
             anonymizers["ours"] = pl_module.anonymizer
@@ -206,8 +226,8 @@ class PrivacyUtilityReport(L.Callback):
         scorer = getattr(pl_module, "test_scorer", None) or pl_module.scorer
         rows = evaluate(
             anonymizers, datamodule, pl_module.mllm, scorer, pl_module.hparams.prompt, arch,
-            self.reviewer_epochs, seed=0, calls_per_sample=calls, progress=pl_module.print,
-            on_row=save,
+            self.reviewer_epochs, seed=self._seed(), calls_per_sample=calls,
+            progress=pl_module.print, on_row=save, cache=self.row_cache, cache_keys=cache_keys,
         )  # fmt: skip
         for logger in trainer.loggers:  # finalized already, but W&B and CSV still take rows
             logger.log_metrics(results_metrics(rows), step=trainer.global_step)
@@ -216,6 +236,29 @@ class PrivacyUtilityReport(L.Callback):
         if precision := format_precision_table(rows):
             table += f"\n\nper-attribute precision (%) ↓ (Tab. B11):\n{precision}"
         pl_module.print(f"\n{table}\n\nresults written to {out}")
+
+    def _seed(self) -> int:
+        if self.seed is not None:
+            return self.seed
+        return int(os.environ.get("PL_GLOBAL_SEED", 0))  # set by seed_everything
+
+    def _cache_keys(self, trainer: L.Trainer, pl_module: L.LightningModule) -> dict[str, dict]:
+        """What each comparison row depends on besides the protocol and the reviewer data: the
+        run's data config, and for the trained comparisons their training settings and the
+        anonymizer's shape. Empty (nothing cached) without a cache or a saved config."""
+        config_file = Path(trainer.log_dir or trainer.default_root_dir) / "config.yaml"
+        if self.row_cache is None or not config_file.is_file():
+            return {}
+        data = (yaml.safe_load(config_file.read_text()) or {}).get("data")
+        hp = pl_module.hparams
+        trained = {
+            "adversarial": asdict(self.adversarial), "surrogate": asdict(self.surrogate),
+            "anonymizer": [list(hp.anonymizer_widths), list(hp.head_hidden)],
+        }  # fmt: skip
+        return {
+            method_name(n): {"data": data, **(trained if n in TRAINED_COMPARISONS else {})}
+            for n in self.comparisons
+        }
 
     @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:

@@ -16,6 +16,7 @@ drawn at a temperature, seeded per query — is an explicit, harder option (``te
 
 from __future__ import annotations
 
+import hashlib
 import zlib
 from pathlib import Path
 
@@ -91,6 +92,19 @@ class EmbeddedActionMLLM(BlackBoxMLLM):
         model = ClipRecognizer(len(self.classes))
         model.load_state_dict(state["model"])
         self._model = model.eval().requires_grad_(False)
+
+    def cache_identity(self) -> dict[str, object]:
+        """The answers depend on the recognizer's weights and the wording settings: a retrained
+        stand-in must not be served another one's answers
+        (or rows, :mod:`privacy_lit.row_cache`)."""
+        self.prepare()
+        return {
+            **super().cache_identity(), "version": STANDIN_VERSION,
+            "weights": hashlib.sha256(self.checkpoint.read_bytes()).hexdigest(),
+            "phrases": self.phrases, "confident_above": self.confident_above,
+            "unsure_below": self.unsure_below, "temperature": self.temperature,
+            "confidence_levels": self.confidence_levels,
+        }  # fmt: skip
 
     @property
     def recognizer(self) -> ClipRecognizer:
