@@ -5,13 +5,10 @@ so the refactored step is checked bit for bit on whatever machine runs the tests
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import lightning as L
 import torch
 from torch import Tensor
 
-from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
 from privacy_lit.models.anonymizer import to_float, to_uint8
 from privacy_lit.privacy import privacy_loss
@@ -25,7 +22,7 @@ from privacy_lit.zo.spsa import (
     perturbed,
     rademacher,
 )
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.conftest import TinyBenchmark
 
 
 class BrightnessMLLM(BlackBoxMLLM):
@@ -110,17 +107,19 @@ class PreSeamSystem(PrivacySystem):
 
 
 def run_paper_steps(
-    root: Path, steps: int = 3, system: type[PrivacySystem] = PrivacySystem, **system_args
-) -> torch.Tensor:
-    """θ (the head, flat) after ``steps`` adversarial steps from seed 0."""
+    tiny: TinyBenchmark, steps: int = 3, system: type[PrivacySystem] = PrivacySystem,
+    **system_args,
+) -> torch.Tensor:  # fmt: skip
+    """θ (the head, flat) after ``steps`` adversarial steps from seed 0, with the tiny overlay's
+    anonymizer."""
     from privacy_lit.data.synthetic import ACTION_PHRASES
 
     L.seed_everything(0)
-    data = SyntheticDataModule(str(root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
-                               batch_size=4, privacy_batch_size=8)  # fmt: skip
+    data = tiny.data()
     mllm = BrightnessMLLM([ACTION_PHRASES[a] for a in sorted(ACTION_PHRASES)])
     system = system(mllm, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0,
-                           a=1.0, c=0.05, max_gradient_norm=0.01, **system_args)  # fmt: skip
+                    a=1.0, c=0.05, max_gradient_norm=0.01,
+                    **(tiny.system_args | system_args))  # fmt: skip
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, accelerator="cpu", deterministic=True)  # fmt: skip

@@ -4,13 +4,13 @@ state through a checkpoint, and the paper's estimator bit for bit against the st
 from __future__ import annotations
 
 import io
-from pathlib import Path
 
 import pytest
 import torch
 
 from privacy_lit.zo import estimators as zo
 from privacy_lit.zo.spsa import GainSchedule
+from tests.conftest import TinyBenchmark
 from tests.paper_step import PreSeamSystem, run_paper_steps
 
 P = 20
@@ -168,11 +168,11 @@ def test_estimators_are_reproducible_from_their_seed() -> None:
 
 
 def test_the_paper_estimator_gives_the_same_theta_as_the_step_before_the_seam(
-    tiny_root: Path,
+    tiny: TinyBenchmark,
 ) -> None:
     for q in (1, 2):
-        before = run_paper_steps(tiny_root, system=PreSeamSystem, num_perturbations=q)
-        assert torch.equal(run_paper_steps(tiny_root, num_perturbations=q), before)
+        before = run_paper_steps(tiny, system=PreSeamSystem, num_perturbations=q)
+        assert torch.equal(run_paper_steps(tiny, num_perturbations=q), before)
 
 
 def test_prior_guided_measures_the_quality_of_an_exact_prior_as_one() -> None:

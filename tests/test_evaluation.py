@@ -31,13 +31,12 @@ from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
 from privacy_lit.models.anonymizer import to_float
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.utility.retrieval import RetrievalScorer
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
-from tests.test_system import _tiny_args
+from tests.conftest import FixedAnswerMLLM, TinyBenchmark
 
 
 @pytest.fixture(scope="module")
-def data(tiny_root: Path) -> SyntheticDataModule:
-    return SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+def data(tiny: TinyBenchmark) -> SyntheticDataModule:
+    return tiny.data()
 
 
 def _old_fresh_reviewer_cmap(train_images, train_labels, test_images, test_labels, seed, batch):
@@ -75,25 +74,14 @@ def test_raw_privacy_figure_is_unchanged_and_has_per_attribute_precision(data) -
     assert all(0.0 <= v <= 1.0 for v in new.attribute_precision.values())
 
 
-class _Scripted(BlackBoxMLLM):
-    """Gives the same answer to every request."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__()
-        self.text = text
-
-    def _answer(self, requests: list[Request]) -> list[Answer]:
-        return [Answer(self.text) for _ in requests]
-
-
 def test_utility_top1_counts_refusals_wrong_and_restores_the_stage(data) -> None:
     clips, actions = stack_dataset(data.utility_dataset("test"), "clip", "action")
     scorer = RetrievalScorer(data.class_names)
-    first = _Scripted(f"The person is {data.class_names[0]}.")
+    first = FixedAnswerMLLM(f"The person is {data.class_names[0]}.")
     batches = list(zip(clips.split(5), actions.split(5), strict=True))
     top1 = utility_top1(nn.Identity(), batches, first, scorer, "What?")
     assert top1 == pytest.approx(float((actions == 0).float().mean()))
-    refusing = _Scripted("I'm sorry, I can't help with that.")
+    refusing = FixedAnswerMLLM("I'm sorry, I can't help with that.")
     assert utility_top1(nn.Identity(), batches, refusing, scorer, "What?") == 0.0
     assert refusing.stage == "train" and refusing.stats.by_stage == {"test": len(clips)}
 
@@ -172,23 +160,16 @@ def _results(out: Path) -> dict:
     return json.loads(files[0].read_text())
 
 
-def _cli_args(root: Path, out: Path) -> list[str]:
-    """The tiny demo with a small anonymizer, logging to CSV only (an offline W&B run costs
-    seconds to start)."""
-    csv = {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}}
-    small = ["--model.anonymizer_widths=[8, 16]", "--model.head_hidden=[8]"]
-    return [*_tiny_args(root, out), f"--trainer.logger={json.dumps([csv])}", *small]
-
-
+@pytest.mark.slow
 def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
-    tiny_root: Path, tmp_path: Path
+    tiny: TinyBenchmark, tmp_path: Path
 ) -> None:
     # untrained fresh reviewers (epochs 0) keep this fast; the protocol's training is tested above
     report = "--trainer.callbacks.init_args."
     fit_args = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1",
                 "--model.recon_epochs=1", "--model.reviewer_epochs=0",
                 f"{report}reviewer_epochs=0", f"{report}baselines=[raw]"]  # fmt: skip
-    main(["fit", *_cli_args(tiny_root, tmp_path / "fit"), *fit_args])
+    main(["fit", *tiny.cli_args(tmp_path / "fit"), *fit_args])
     fitted = _results(tmp_path / "fit")["rows"]
     assert [r["method"] for r in fitted] == ["raw", "ours"]
     (metrics_csv,) = (tmp_path / "fit").rglob("metrics.csv")
@@ -201,7 +182,7 @@ def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
     every = [f"{report}reviewer_epochs=0", f"{report}baselines=[all]",
              f"{report}adversarial.steps=1", f"{report}adversarial.reviewer_warmup_steps=0",
              f"{report}surrogate.epochs=1"]  # fmt: skip
-    main(["test", *_cli_args(tiny_root, tmp_path / "test"), f"--ckpt_path={ckpt}", *every])
+    main(["test", *tiny.cli_args(tmp_path / "test"), f"--ckpt_path={ckpt}", *every])
     payload = _results(tmp_path / "test")
     assert [r["method"] for r in payload["rows"]] == [
         "raw", "downsample 2x", "downsample 4x", "downsample 8x", "blacken", "blur_strong",
@@ -215,7 +196,7 @@ def test_test_subcommand_evaluates_a_checkpoint_and_every_comparison(
 
     # no checkpoint: nothing trained to call "ours", so only the comparisons are evaluated
     bare = [f"{report}reviewer_epochs=0", f"{report}baselines=[raw]"]
-    main(["test", *_cli_args(tiny_root, tmp_path / "bare"), *bare])
+    main(["test", *tiny.cli_args(tmp_path / "bare"), *bare])
     payload = _results(tmp_path / "bare")
     assert [r["method"] for r in payload["rows"]] == ["raw"] and payload["checkpoint"] is None
 

@@ -11,48 +11,19 @@ import torch
 
 from privacy_lit.callbacks.signal import UtilitySignalMeter
 from privacy_lit.cli import main
-from privacy_lit.data.synthetic import SyntheticDataModule
-from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.proxy import RecognizerProxy
 from privacy_lit.system import PrivacySystem
 from privacy_lit.zo.estimators import HistoryEnhanced, NoSignal, PriorGuided, QueriedHistory
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
-
-
-def _loggers(out: Path) -> str:
-    """The demo's loggers (CSV + offline W&B), writing under ``out``."""
-    return json.dumps([
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
-        {"class_path": "lightning.pytorch.loggers.WandbLogger",
-         "init_args": {"save_dir": str(out), "project": "privacy_lit"}},
-    ])  # fmt: skip
-
-
-def _tiny_args(root: Path, out: Path) -> list[str]:
-    return [
-        "--config", "conf/demo.yaml",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger={_loggers(out)}",
-        f"--data.init_args.root={root}",
-        f"--data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
-        f"--data.init_args.images={json.dumps(TINY_IMAGES)}",
-        "--data.init_args.batch_size=4",
-        "--data.init_args.privacy_batch_size=8",
-        f"--model.mllm.init_args.data_root={root}",
-        f"--model.mllm.init_args.checkpoint={root / 'standin.pt'}",
-        "--model.mllm.init_args.train_epochs=1",
-    ]  # fmt: skip
+from tests.conftest import TinyBenchmark
 
 
 @pytest.mark.parametrize("num_perturbations", [1, 2])
-def test_one_zo_step_changes_only_the_head(tiny_root: Path, num_perturbations: int) -> None:
+def test_one_zo_step_changes_only_the_head(tiny: TinyBenchmark, num_perturbations: int) -> None:
     L.seed_everything(0)
-    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
-                               batch_size=4, privacy_batch_size=8)  # fmt: skip
-    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    data, backend = tiny.data(), tiny.standin()
     system = PrivacySystem(
         backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, c=0.5,
-        num_perturbations=num_perturbations,
+        num_perturbations=num_perturbations, **tiny.system_args,
     )  # fmt: skip
     trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False,
@@ -68,14 +39,12 @@ def test_one_zo_step_changes_only_the_head(tiny_root: Path, num_perturbations: i
     assert system.zo_step == 1
 
 
-def test_gradient_clipping_bounds_each_step(tiny_root: Path) -> None:
+def test_gradient_clipping_bounds_each_step(tiny: TinyBenchmark) -> None:
     L.seed_everything(0)
-    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
-                               batch_size=4, privacy_batch_size=8)  # fmt: skip
-    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+    data, backend = tiny.data(), tiny.standin()
     system = PrivacySystem(
         backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0, a=1.0, c=0.5,
-        max_gradient_norm=1e-3,
+        max_gradient_norm=1e-3, **tiny.system_args,
     )  # fmt: skip
     trainer = L.Trainer(
         max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
@@ -89,12 +58,20 @@ def test_gradient_clipping_bounds_each_step(tiny_root: Path) -> None:
     assert 0 < float((after - before).norm()) <= 3 * 1e-3 * (1 + 1e-3)
 
 
-def test_fast_dev_run(tiny_root: Path, tmp_path: Path) -> None:
-    main(["fit", *_tiny_args(tiny_root, tmp_path), "--trainer.fast_dev_run=1"])
+def test_fast_dev_run_takes_one_reconstruction_step_and_skips_the_report(
+    tiny: TinyBenchmark, tmp_path: Path
+) -> None:
+    cli = main(["fit", *tiny.cli_args(tmp_path), "--trainer.fast_dev_run=1"])
+    # the demo's first phase is reconstruction pre-training: one anonymizer step, no ZO step
+    assert cli.trainer.global_step == 1 and cli.model.zo_step == 0
+    metrics = cli.trainer.callback_metrics
+    assert torch.isfinite(metrics["pretrain/recon_l1"]) and "pretrain/reviewer_bce" not in metrics
+    assert "train" not in cli.model.mllm.stats.by_stage  # no query in that phase
+    assert not list(tmp_path.rglob("results.json"))  # the report waits for a real run
 
 
-def _tiny_pipeline(root: Path, out: Path) -> dict[str, dict]:
-    args = _tiny_args(root, out) + [
+def _tiny_pipeline(tiny: TinyBenchmark, out: Path) -> dict[str, dict]:
+    args = tiny.cli_args(out) + [
         "--trainer.max_epochs=3", "--trainer.limit_train_batches=2", "--model.recon_epochs=1",
         "--model.reviewer_epochs=1", "--trainer.callbacks.init_args.reviewer_epochs=1",
         "--trainer.callbacks.init_args.baselines=[raw,downsample4]",
@@ -105,22 +82,25 @@ def _tiny_pipeline(root: Path, out: Path) -> dict[str, dict]:
     return {r["method"]: r for r in json.loads(results[0].read_text())["rows"]}
 
 
-def test_full_tiny_pipeline_is_complete_and_reproducible(tiny_root: Path, tmp_path: Path) -> None:
-    rows = _tiny_pipeline(tiny_root, tmp_path / "first")
+@pytest.mark.slow
+def test_full_tiny_pipeline_is_complete_and_reproducible(
+    tiny: TinyBenchmark, tmp_path: Path
+) -> None:
+    rows = _tiny_pipeline(tiny, tmp_path / "first")
     assert set(rows) == {"raw", "downsample 4x", "ours"}
     assert rows["ours"]["mllm_calls_per_sample"] > 0
     assert all(0.0 <= r["top1"] <= 1.0 and 0.0 <= r["cmap"] <= 1.0 for r in rows.values())
     assert list(tmp_path.rglob("*.ckpt"))
-    assert _tiny_pipeline(tiny_root, tmp_path / "second") == rows  # same seed, same figures
+    assert _tiny_pipeline(tiny, tmp_path / "second") == rows  # same seed, same figures
 
 
-def _adversarial_fit(root: Path, steps: int, callbacks=(), **system_args) -> PrivacySystem:
+def _adversarial_fit(
+    tiny: TinyBenchmark, steps: int, callbacks=(), **system_args
+) -> PrivacySystem:  # fmt: skip
     L.seed_everything(0)
-    data = SyntheticDataModule(str(root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES,
-                               batch_size=4, privacy_batch_size=8)  # fmt: skip
-    backend = EmbeddedActionMLLM(str(root), str(root / "standin.pt"), train_epochs=1)
+    data, backend = tiny.data(), tiny.standin()
     system = PrivacySystem(backend, reviewer_arch="resnet18", recon_epochs=0, reviewer_epochs=0,
-                           c=0.05, **system_args)  # fmt: skip
+                           c=0.05, **(tiny.system_args | system_args))  # fmt: skip
     trainer = L.Trainer(max_steps=steps, logger=False, enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False,
                         limit_val_batches=0, accelerator="cpu",
@@ -129,35 +109,34 @@ def _adversarial_fit(root: Path, steps: int, callbacks=(), **system_args) -> Pri
     return system
 
 
-def test_a_prior_guided_step_measures_along_the_proxy_gradient(tiny_root: Path) -> None:
-    system = _adversarial_fit(
-        tiny_root, 1, estimator=PriorGuided(), proxy=RecognizerProxy(epochs=1)
-    )
+def test_a_prior_guided_step_measures_along_the_proxy_gradient(tiny: TinyBenchmark) -> None:
+    system = _adversarial_fit(tiny, 1, estimator=PriorGuided(), proxy=RecognizerProxy(epochs=1))
     assert system.mllm.stats.by_stage["train"] == 2 * 4  # θ ± r·prior for each of the 4 clips
     assert system.proxy.model is not None  # trained on the training clips, in setup
     assert system.last_gradient_estimate is not None
 
 
-def test_an_estimator_that_needs_a_prior_refuses_to_run_without_a_proxy(tiny_root: Path) -> None:
-    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+def test_an_estimator_that_needs_a_prior_refuses_to_run_without_a_proxy(
+    tiny: TinyBenchmark,
+) -> None:
     with pytest.raises(ValueError, match="proxy"):
-        PrivacySystem(backend, estimator=PriorGuided())
+        PrivacySystem(tiny.standin(), estimator=PriorGuided())
 
 
-def test_the_signal_meter_measures_the_followed_direction(tiny_root: Path) -> None:
+def test_the_signal_meter_measures_the_followed_direction(tiny: TinyBenchmark) -> None:
     meter = UtilitySignalMeter(every_n_steps=1)
-    _adversarial_fit(tiny_root, 3, callbacks=[meter])
+    _adversarial_fit(tiny, 3, callbacks=[meter])
     assert len(meter.cosines) == 3
     assert all(-1.0 <= c <= 1.0 for c in meter.cosines)
     control = UtilitySignalMeter(every_n_steps=2)
-    system = _adversarial_fit(tiny_root, 3, callbacks=[control], estimator=NoSignal())
+    system = _adversarial_fit(tiny, 3, callbacks=[control], estimator=NoSignal())
     assert len(control.cosines) == 2  # steps 0 and 2
     assert control.cosines == [0.0, 0.0]  # a zero direction has no signal by construction
     assert system.mllm.stats.by_stage["train"] == 3 * 2 * 4  # the paper's queries all the same
 
 
-def test_the_cli_takes_an_estimator_as_a_class_path(tiny_root: Path, tmp_path: Path) -> None:
-    cli = main(["fit", *_tiny_args(tiny_root, tmp_path), "--trainer.fast_dev_run=1",
+def test_the_cli_takes_an_estimator_as_a_class_path(tiny: TinyBenchmark, tmp_path: Path) -> None:
+    cli = main(["fit", *tiny.cli_args(tmp_path), "--trainer.fast_dev_run=1",
                 "--model.recon_epochs=0", "--model.reviewer_epochs=0",
                 "--model.estimator=privacy_lit.zo.estimators.HistoryEnhanced",
                 "--model.estimator.init_args.base=privacy_lit.zo.estimators.QueriedHistory",
@@ -167,8 +146,8 @@ def test_the_cli_takes_an_estimator_as_a_class_path(tiny_root: Path, tmp_path: P
     assert estimator.history.gamma == 0.3 and cli.model.zo_step == 1
 
 
-def test_a_checkpoint_from_pretraining_starts_any_estimator(tiny_root: Path) -> None:
-    system = _adversarial_fit(tiny_root, 1)
+def test_a_checkpoint_from_pretraining_starts_any_estimator(tiny: TinyBenchmark) -> None:
+    system = _adversarial_fit(tiny, 1)
     checkpoint: dict = {}
     system.on_save_checkpoint(checkpoint)
     other = PrivacySystem(system.mllm, estimator=NoSignal())
