@@ -79,16 +79,22 @@ class TinyBenchmark:
         settings = _TINY["model"]["mllm"]["init_args"] | overrides
         return EmbeddedActionMLLM(str(self.root), str(self.standin_checkpoint), **settings)
 
+    def settings(self) -> list[str]:
+        """``key=value`` settings that point a run of the overlay at this benchmark (the paths
+        a YAML file cannot know)."""
+        return [
+            f"data.init_args.root={self.root}",
+            f"model.mllm.init_args.data_root={self.root}",
+            f"model.mllm.init_args.checkpoint={self.standin_checkpoint}",
+        ]
+
     def cli_args(self, out: Path, loggers: list[dict[str, Any]] | None = None) -> list[str]:
         """The demo on this benchmark, writing under ``out`` (CSV logging unless ``loggers``);
-        subcommand and further overrides go before and after."""
+        the subcommand goes before, further overrides after."""
         return [
-            "--config", DEMO_CONFIG, "--config", TINY_CONFIG,
+            "--config", DEMO_CONFIG, "--config", TINY_CONFIG, *(f"--{s}" for s in self.settings()),
             f"--trainer.default_root_dir={out}",
             f"--trainer.logger={json.dumps(loggers or [csv_logger(out)])}",
-            f"--data.init_args.root={self.root}",
-            f"--model.mllm.init_args.data_root={self.root}",
-            f"--model.mllm.init_args.checkpoint={self.standin_checkpoint}",
         ]  # fmt: skip
 
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import math
-import zlib
 from pathlib import Path
 
 import lightning as L
@@ -21,40 +20,15 @@ from privacy_lit.callbacks.media import sample_grid
 from privacy_lit.callbacks.monitors import RunningVariance
 from privacy_lit.cli import main
 from privacy_lit.data.synthetic import ACTION_PHRASES
-from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.conftest import PRICE_PER_TOKEN, TINY_VIDEOS, TinyBenchmark, csv_logger
 
 STEPS = 3
 CLIPS = 2  # utility clips per batch
-PROMPT_TOKENS, PRICE_PER_TOKEN = 12, 1e-5
 
 
-class PricedFakeMLLM(BlackBoxMLLM):
-    """A priced stand-in: an action phrase chosen from the pixels' CRC, fixed token counts.
-
-    No recognizer to train, so a fit takes seconds; tokens, dollars and one cache hit per batch
-    are counted so that every usage series has something to show."""
-
-    def _answer(self, requests: list[Request]) -> list[Answer]:
-        phrases = list(ACTION_PHRASES.values())
-        answers = [
-            Answer(f"The person is {phrases[zlib.crc32(r.visual.numpy().tobytes()) % 8]}.")
-            for r in requests
-        ]
-        completion = sum(len(a.text.split()) for a in answers)
-        self.stats.prompt_tokens += PROMPT_TOKENS * len(requests)
-        self.stats.completion_tokens += completion
-        self.stats.cost_usd += (PROMPT_TOKENS * len(requests) + completion) * PRICE_PER_TOKEN
-        self.stats.cache_hits += 1
-        return answers
-
-
-def _fit_args(root: Path, out: Path) -> list[str]:
-    loggers = [
-        {"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": str(out)}},
-        {"class_path": "lightning.pytorch.loggers.WandbLogger",
-         "init_args": {"save_dir": str(out), "project": "privacy_lit"}},
-    ]  # fmt: skip
+def _fit_args(tiny: TinyBenchmark, out: Path) -> list[str]:
+    wandb = {"class_path": "lightning.pytorch.loggers.WandbLogger",
+             "init_args": {"save_dir": str(out), "project": "privacy_lit"}}  # fmt: skip
     callbacks = [
         {"class_path": "privacy_lit.callbacks.GradientVarianceMonitor",
          "init_args": {"window": 2}},
@@ -63,19 +37,13 @@ def _fit_args(root: Path, out: Path) -> list[str]:
          "init_args": {"every_n_steps": 2, "num_images": 2, "num_frames": 4}},
     ]  # fmt: skip
     return [
-        "fit", "--config", "conf/demo.yaml",
-        f"--trainer.default_root_dir={out}",
-        f"--trainer.logger={json.dumps(loggers)}",
+        "fit", *tiny.cli_args(out, loggers=[csv_logger(out), wandb]),
         f"--trainer.callbacks={json.dumps(callbacks)}",
         "--trainer.max_epochs=1", f"--trainer.limit_train_batches={STEPS}",
-        "--trainer.log_every_n_steps=1", "--trainer.enable_progress_bar=false",
-        f"--data.init_args.root={root}",
-        f"--data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
-        f"--data.init_args.images={json.dumps(TINY_IMAGES)}",
+        "--trainer.log_every_n_steps=1",
         f"--data.init_args.batch_size={CLIPS}", "--data.init_args.privacy_batch_size=4",
-        '--model.mllm={"class_path": "tests.test_logging_callbacks.PricedFakeMLLM"}',
+        '--model.mllm={"class_path": "tests.conftest.PricedFakeMLLM"}',
         "--model.recon_epochs=0", "--model.reviewer_epochs=0",  # every step a ZO step
-        "--model.anonymizer_widths=[4, 8]", "--model.head_hidden=[8]",
     ]  # fmt: skip
 
 
@@ -85,11 +53,11 @@ def _csv_rows(path: Path) -> list[dict[str, float]]:
 
 
 @pytest.fixture(scope="module")
-def tiny_fit(tiny_root: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_fit(tiny: TinyBenchmark, tmp_path_factory: pytest.TempPathFactory) -> Path:
     import wandb
 
     out = tmp_path_factory.mktemp("logging_fit")
-    main(_fit_args(tiny_root, out))
+    main(_fit_args(tiny, out))
     wandb.finish()  # Lightning leaves the run open; the run file is complete once it is finished
     return out
 
@@ -105,6 +73,7 @@ SERIES = [
 ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_fit_logs_every_series_to_csv_and_wandb_alike(tiny_fit: Path) -> None:
     (metrics,) = tiny_fit.rglob("metrics.csv")
     rows = _csv_rows(metrics)
@@ -144,6 +113,7 @@ def test_fit_logs_every_series_to_csv_and_wandb_alike(tiny_fit: Path) -> None:
     assert logged == [2, STEPS]
 
 
+@pytest.mark.slow
 def test_variance_checkpoint_state_loads_without_pickle(tiny_fit: Path) -> None:
     (ckpt,) = tiny_fit.rglob("*.ckpt")
     state = torch.load(ckpt, map_location="cpu", weights_only=True)  # the anonymize CLI does so

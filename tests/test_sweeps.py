@@ -21,7 +21,7 @@ from privacy_lit.sweep import (
 )
 from privacy_lit.zo.history import CriticalHistoryEstimator
 from privacy_lit.zo.scalarize import ParetoScalarizer
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.conftest import TINY_CONFIG, TinyBenchmark
 
 SWEEPS = sorted(Path("conf/sweeps").glob("*.yaml"))
 # the paper's grids (supplement Tab. A1–A5); b = 2 is outside CriticalHistoryEstimator's range
@@ -211,7 +211,7 @@ def test_runner_collects_every_runs_results(
     assert all(a[-1] == "--trainer.max_epochs=1" for a in seen)
 
 
-def test_runner_runs_the_real_cli_in_process(tiny_root: Path, tmp_path: Path) -> None:
+def test_runner_runs_the_real_cli_in_process(tiny: TinyBenchmark, tmp_path: Path) -> None:
     """One real (fast_dev_run) fit through ``privacy_lit.cli``: the summary finds its log dir."""
     sweep_file = tmp_path / "one.yaml"
     sweep_file.write_text(yaml.safe_dump({
@@ -222,12 +222,9 @@ def test_runner_runs_the_real_cli_in_process(tiny_root: Path, tmp_path: Path) ->
     }))  # fmt: skip
     out = tmp_path / "summary.json"
     overrides = [
-        "trainer.fast_dev_run=1", "trainer.logger=false", f"trainer.default_root_dir={tmp_path}",
-        f"data.init_args.root={tiny_root}",
-        f"data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
-        f"data.init_args.images={json.dumps(TINY_IMAGES)}",
-        'model.mllm={"class_path": "tests.test_logging_callbacks.PricedFakeMLLM"}',
-        "model.anonymizer_widths=[4, 8]", "model.head_hidden=[8]",
+        f"config={TINY_CONFIG}", *tiny.settings(), "trainer.fast_dev_run=1",
+        "trainer.logger=false", f"trainer.default_root_dir={tmp_path}",
+        'model.mllm={"class_path": "tests.conftest.PricedFakeMLLM"}',
     ]  # fmt: skip
     args = [str(sweep_file), "--in-process", "--out", str(out)]
     assert sweep_module.main(args + [a for o in overrides for a in ("--set", o)]) == 0
