@@ -164,12 +164,6 @@ def build_real_root(root: Path, real: Path = REAL) -> Path:
     return root
 
 
-@pytest.fixture(scope="session")
-def real_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One real-annotation root per test session (skips without the real files)."""
-    return build_real_root(tmp_path_factory.mktemp("real_root"), require_real())
-
-
 if __name__ == "__main__":
     if len(sys.argv) != 2 or not (REAL / "SOURCES.md").is_file():
         sys.exit(f"usage: python -m tests.real_root DEST ({NEEDS})")

@@ -41,9 +41,10 @@ CONFIGS = ["hmdb", "ucf101", "okvqa", "novel", "vp_hmdb", "vp_ucf101"]
 SMALL = {"num_frames": 4, "stride": 2, "size": 32}
 
 
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fixtures.build_all(tmp_path_factory.mktemp("datasets"))
+@pytest.fixture
+def root(layouts_root: Path) -> Path:
+    """Every dataset in its real layout (built once per session, shared with other modules)."""
+    return layouts_root
 
 
 # --------------------------------------------------------------------------- video reading

@@ -23,7 +23,7 @@ from privacy_lit.data.ucf101 import UCF101
 from privacy_lit.data.vispr import VISPR, VISPR7
 from privacy_lit.data.vp import VP_COLUMNS, read_vp_labels
 from privacy_lit.data.vp import main as vp_main
-from tests.real_root import real_root, require_real  # noqa: F401 (a fixture)
+from tests.real_root import require_real
 
 SMALL = {"num_frames": 16, "stride": 2, "size": 16}  # the paper's clips, tiny pixels
 HMDB51_VISPR = list(VISPR7[:6])  # gender, face complete, face partial, skin colour, nudity, rel.
@@ -56,7 +56,8 @@ HAND_CHECKED = [
 
 
 # ----------------------------------------------------------------------------- the files
-def test_every_real_file_loads_with_the_official_sizes(real_root: Path) -> None:  # noqa: F811
+@pytest.mark.slow  # builds the real root: 20,000 stand-in media files
+def test_every_real_file_loads_with_the_official_sizes(real_root: Path) -> None:
     for split in (1, 2, 3):
         module = HMDB51(split=split, data_dir=str(real_root), **SMALL)
         sizes = (len(module.utility_dataset("train")), len(module.utility_dataset("test")))
@@ -89,7 +90,8 @@ def test_okvqa_duplicate_label_is_united_with_a_warning() -> None:
     assert labels["COCO_val2014_000000067422.jpg"] == ["a17_color", "a4_gender"]
 
 
-def test_hmdb51_training_leaves_the_pa_hmdb51_videos_out(real_root: Path) -> None:  # noqa: F811
+@pytest.mark.slow
+def test_hmdb51_training_leaves_the_pa_hmdb51_videos_out(real_root: Path) -> None:
     module = HMDB51(exclude_pa_hmdb51="pa_hmdb51/PrivacyAttributes", data_dir=str(real_root))
     train = module.utility_dataset("train")
     pa_videos = {a.video for a in read_pa_folder(real_root / "pa_hmdb51" / "PrivacyAttributes")}
@@ -97,9 +99,10 @@ def test_hmdb51_training_leaves_the_pa_hmdb51_videos_out(real_root: Path) -> Non
 
 
 # ----------------------------------------------------------------------------- PA-HMDB51 labels
+@pytest.mark.slow
 @pytest.mark.parametrize("mapping", ["present", "valuewise"])
 def test_hand_checked_pa_hmdb51_labels_per_clip_and_per_video(
-    real_root: Path,  # noqa: F811
+    real_root: Path,
     mapping: str,
 ) -> None:
     clips = PAHMDB51(mapping=mapping, data_dir=str(real_root), **SMALL).utility_dataset("test")
@@ -186,9 +189,10 @@ def test_vp_column_order_is_the_one_pa_hmdb51_agrees_with() -> None:
 
 
 # ----------------------------------------------------------------------------- data check
+@pytest.mark.slow
 @pytest.mark.parametrize("name", ["hmdb", "novel", "vp_hmdb", "vp_ucf101", "ucf101", "okvqa"])
 def test_data_check_passes_every_config_on_the_real_files(
-    real_root: Path,  # noqa: F811
+    real_root: Path,
     name: str,
     capsys: pytest.CaptureFixture[str],
 ) -> None:

@@ -12,35 +12,18 @@ from pathlib import Path
 import pytest
 
 from privacy_lit.cli import main
-from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request
-from tests import fixtures
-from tests.real_root import real_root  # noqa: F401 (a fixture)
 
+pytestmark = pytest.mark.slow  # a Lightning fit per configuration
 
-class FixedAnswerMLLM(BlackBoxMLLM):
-    """Answers every request with ``text`` and remembers the prompts it was sent."""
-
-    def __init__(self, text: str = "playing tennis") -> None:
-        super().__init__()
-        self.text = text
-        self.prompts: list[str] = []
-
-    def _answer(self, requests: list[Request]) -> list[Answer]:
-        self.prompts += [r.prompt for r in requests]
-        return [Answer(self.text) for _ in requests]
-
-
-@pytest.fixture(scope="module")
-def root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return fixtures.build_all(tmp_path_factory.mktemp("datasets"))
+FIXED = "--model.mllm=tests.conftest.FixedAnswerMLLM"
 
 
 @pytest.mark.parametrize("name", ["hmdb", "ucf101", "okvqa", "novel"])
-def test_a_paper_setting_trains_one_adversarial_step(root: Path, name: str) -> None:
+def test_a_paper_setting_trains_one_adversarial_step(layouts_root: Path, name: str) -> None:
     cli = main([
-        "fit", "--config", f"conf/{name}.yaml", "--data.init_args.root", str(root),
+        "fit", "--config", f"conf/{name}.yaml", "--data.init_args.root", str(layouts_root),
         "--data.init_args.batch_size=2", "--data.init_args.privacy_batch_size=2",
-        "--data.init_args.num_workers=0", "--model.mllm=tests.test_real_configs.FixedAnswerMLLM",
+        "--data.init_args.num_workers=0", FIXED,
         "--model.reviewer_arch=resnet18", "--model.recon_epochs=0", "--model.reviewer_epochs=0",
         "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
     ])  # fmt: skip
@@ -59,16 +42,13 @@ def test_a_paper_setting_trains_one_adversarial_step(root: Path, name: str) -> N
 
 
 @pytest.mark.parametrize("name", ["hmdb", "novel", "vp_hmdb"])
-def test_one_adversarial_step_on_the_real_annotation_files(
-    real_root: Path,  # noqa: F811
-    name: str,
-) -> None:
+def test_one_adversarial_step_on_the_real_annotation_files(real_root: Path, name: str) -> None:
     """The headline settings build their training and test sets from the real releases'
     annotation files (tests/real_root.py: stand-in media) and take one adversarial step."""
     cli = main([
         "fit", "--config", f"conf/{name}.yaml", "--data.init_args.root", str(real_root),
         "--data.init_args.batch_size=2", "--data.init_args.privacy_batch_size=2",
-        "--data.init_args.num_workers=0", "--model.mllm=tests.test_real_configs.FixedAnswerMLLM",
+        "--data.init_args.num_workers=0", FIXED,
         "--model.reviewer_arch=resnet18", "--model.recon_epochs=0", "--model.reviewer_epochs=0",
         "--trainer.fast_dev_run=1", "--trainer.accelerator=cpu",
     ])  # fmt: skip
