@@ -41,22 +41,6 @@ NEW_TOKENS = 6
 PROMPTS = ["What is happening?", "Describe the person.", "What sport is this, in one word?"]
 
 
-def _tokenizer() -> transformers.PreTrainedTokenizerFast:
-    """A byte-level BPE without merges: every text round-trips, one token per byte."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
-
-    specials = ["<unk>", "<s>", "</s>", "<pad>"]
-    vocab = {t: i for i, t in enumerate(specials + sorted(pre_tokenizers.ByteLevel.alphabet()))}
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    backend.decoder = decoders.ByteLevel()
-    return transformers.PreTrainedTokenizerFast(
-        tokenizer_object=backend, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        pad_token="<pad>",
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-    )  # fmt: skip
-
-
 def _configs(tokenizer: transformers.PreTrainedTokenizerFast) -> tuple[object, object]:
     vision = transformers.CLIPVisionConfig(
         hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2,
@@ -72,13 +56,14 @@ def _configs(tokenizer: transformers.PreTrainedTokenizerFast) -> tuple[object, o
 
 
 @pytest.fixture(scope="module")
-def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def llava_dir(
+    tmp_path_factory: pytest.TempPathFactory, byte_tokenizer: transformers.PreTrainedTokenizerFast
+) -> Path:
     path = tmp_path_factory.mktemp("tiny-llava")
-    tokenizer = _tokenizer()
-    vision, text = _configs(tokenizer)
+    vision, text = _configs(byte_tokenizer)
     config = transformers.LlavaConfig(
         vision_config=vision, text_config=text, image_seq_length=4,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
+        image_token_index=byte_tokenizer.convert_tokens_to_ids("<image>"),
     )  # fmt: skip
     torch.manual_seed(0)
     transformers.LlavaForConditionalGeneration(config).save_pretrained(path)
@@ -86,7 +71,7 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
     )
     transformers.LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14,
+        image_processor=image_processor, tokenizer=byte_tokenizer, patch_size=14,
         vision_feature_select_strategy="default", num_additional_image_tokens=1,
         chat_template=CHAT_TEMPLATE,
     ).save_pretrained(path)  # fmt: skip
@@ -94,25 +79,26 @@ def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def video_llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def video_llava_dir(
+    tmp_path_factory: pytest.TempPathFactory, byte_tokenizer: transformers.PreTrainedTokenizerFast
+) -> Path:
     from transformers.models.video_llava.video_processing_video_llava import (
         VideoLlavaVideoProcessor,
     )
 
     path = tmp_path_factory.mktemp("tiny-video-llava")
-    tokenizer = _tokenizer()
-    vision, text = _configs(tokenizer)
+    vision, text = _configs(byte_tokenizer)
     config = transformers.VideoLlavaConfig(
         vision_config=vision, text_config=text, image_seq_length=4, video_seq_length=8 * 5,
-        image_token_index=tokenizer.convert_tokens_to_ids("<image>"),
-        video_token_index=tokenizer.convert_tokens_to_ids("<video>"),
+        image_token_index=byte_tokenizer.convert_tokens_to_ids("<image>"),
+        video_token_index=byte_tokenizer.convert_tokens_to_ids("<video>"),
     )  # fmt: skip
     torch.manual_seed(1)
     transformers.VideoLlavaForConditionalGeneration(config).save_pretrained(path)
     sizes = {"size": {"shortest_edge": SIZE}, "crop_size": {"height": SIZE, "width": SIZE}}
     transformers.VideoLlavaProcessor(  # no chat template: the LLaVA prompt format is used
         image_processor=transformers.VideoLlavaImageProcessor(**sizes),
-        video_processor=VideoLlavaVideoProcessor(**sizes), tokenizer=tokenizer, patch_size=14,
+        video_processor=VideoLlavaVideoProcessor(**sizes), tokenizer=byte_tokenizer, patch_size=14,
     ).save_pretrained(path)  # fmt: skip
     return path
 

@@ -10,26 +10,25 @@ import pytest
 import torch
 import transformers
 
-from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.proxy import CLIPZeroShotProxy, RecognizerProxy
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
-from tests.test_mllm_transformers import _tokenizer
+from tests.conftest import TinyBenchmark
 
 SIZE = 28
 
 
 @pytest.fixture(scope="module")
-def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def tiny_clip_dir(
+    tmp_path_factory: pytest.TempPathFactory, byte_tokenizer: transformers.PreTrainedTokenizerFast
+) -> Path:
     """A randomly initialized CLIP from a tiny config, saved with its processor, loaded by path
     exactly as a hub id would be."""
     path = tmp_path_factory.mktemp("tiny_clip")
-    tokenizer = _tokenizer()
     config = transformers.CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 64,
+        text_config={"vocab_size": len(byte_tokenizer), "hidden_size": 32, "intermediate_size": 64,
                      "num_hidden_layers": 1, "num_attention_heads": 2, "projection_dim": 16,
-                     "max_position_embeddings": 64, "pad_token_id": tokenizer.pad_token_id,
-                     "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id},
+                     "max_position_embeddings": 64, "pad_token_id": byte_tokenizer.pad_token_id,
+                     "bos_token_id": byte_tokenizer.bos_token_id,
+                     "eos_token_id": byte_tokenizer.eos_token_id},
         vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
                        "num_attention_heads": 2, "image_size": SIZE, "patch_size": 14,
                        "projection_dim": 16},
@@ -41,7 +40,7 @@ def tiny_clip_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         size={"shortest_edge": SIZE}, crop_size={"height": SIZE, "width": SIZE}
     )
     transformers.CLIPProcessor(
-        image_processor=image_processor, tokenizer=tokenizer
+        image_processor=image_processor, tokenizer=byte_tokenizer
     ).save_pretrained(path)
     return path
 
@@ -65,11 +64,11 @@ def test_the_clip_proxy_scores_class_names_and_is_differentiable(tiny_clip_dir: 
         proxy.loss(frames, {"question": ["q"]})
 
 
-def test_the_recognizer_proxy_is_the_surrogate_recognizer(tiny_root: Path) -> None:
+def test_the_recognizer_proxy_is_the_surrogate_recognizer(tiny: TinyBenchmark) -> None:
     from privacy_lit.baselines.surrogate import SurrogateConfig, train_recognizer_on_raw
     from privacy_lit.evaluation import stack_dataset
 
-    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+    data = tiny.data()
     proxy = RecognizerProxy(epochs=1)
     proxy.prepare(data, torch.device("cpu"))
     clips, actions = stack_dataset(data.utility_dataset("train"), "clip", "action")
@@ -84,8 +83,10 @@ def test_the_recognizer_proxy_is_the_surrogate_recognizer(tiny_root: Path) -> No
         RecognizerProxy().loss(_frames(), {"action": torch.tensor([0, 1])})
 
 
-def test_the_recognizer_proxy_cache_trains_once_per_key(tiny_root: Path, tmp_path: Path) -> None:
-    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+def test_the_recognizer_proxy_cache_trains_once_per_key(
+    tiny: TinyBenchmark, tmp_path: Path
+) -> None:
+    data = tiny.data()
     first = RecognizerProxy(epochs=1, cache_dir=str(tmp_path))
     first.prepare(data, torch.device("cpu"))
     (entry,) = tmp_path.glob("proxy_tsm_*.pt")
