@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 
@@ -10,21 +9,19 @@ import pytest
 import torch
 
 from privacy_lit.bench.zo import HeadTask, format_table, peak_step_bytes, queries_to_target, run
-from privacy_lit.data.synthetic import SyntheticDataModule
-from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.proxy import RecognizerProxy
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.conftest import TINY_CONFIG, TinyBenchmark
 
 
 @pytest.fixture(scope="module")
-def task_factory(tiny_root: Path):
-    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
-    mllm = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+def task_factory(tiny: TinyBenchmark):
+    data, mllm = tiny.data(), tiny.standin()
     proxy = RecognizerProxy(epochs=1)
     proxy.prepare(data, torch.device("cpu"))
     return lambda seed: HeadTask(data, mllm, num_clips=2, seed=seed, proxy=proxy)
 
 
+@pytest.mark.slow  # twelve methods, each through the stand-in
 def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     rows, meta = run(task_factory, seeds=1, budget=8)
     assert [r.method for r in rows] == [
@@ -75,22 +72,17 @@ def test_the_white_box_gradient_flows_into_the_head(task_factory) -> None:
 
 @pytest.mark.slow
 def test_bench_on_the_training_objective_compares_estimators_at_equal_calls(
-    tiny_root: Path, tmp_path: Path
+    tiny: TinyBenchmark, tmp_path: Path
 ) -> None:
     from privacy_lit.bench import zo_training
 
-    tiny = [
-        f"--data.init_args.root={tiny_root}",
-        f"--data.init_args.videos_per_action={json.dumps(TINY_VIDEOS)}",
-        f"--data.init_args.images={json.dumps(TINY_IMAGES)}",
-        "--data.init_args.batch_size=4", "--data.init_args.privacy_batch_size=8",
-        f"--model.mllm.init_args.data_root={tiny_root}",
-        f"--model.mllm.init_args.checkpoint={tiny_root / 'standin.pt'}",
-        "--model.mllm.init_args.train_epochs=1", "--trainer.limit_train_batches=2",
-        "--model.recon_epochs=1", "--model.reviewer_epochs=1", "--trainer.max_epochs=3",
+    tiny_args = [
+        "--config", TINY_CONFIG, *(f"--{s}" for s in tiny.settings()),
+        "--trainer.limit_train_batches=2", "--model.recon_epochs=1", "--model.reviewer_epochs=1",
+        "--trainer.max_epochs=3",
     ]  # fmt: skip
     only = ["no signal (control)", "prior-guided (proxy)"]
-    rows = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny, only=only, surrogate=False)
+    rows = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny_args, only=only, surrogate=False)
     by_name = {r.method: r for r in rows}
     assert set(by_name) == set(only)
     control, guided = by_name["no signal (control)"], by_name["prior-guided (proxy)"]
@@ -98,7 +90,7 @@ def test_bench_on_the_training_objective_compares_estimators_at_equal_calls(
     assert control.median_cosine == [0.0]  # a zero direction carries no signal
     assert -1.0 <= guided.median_cosine[0] <= 1.0
     finished = sorted(tmp_path.rglob("results.json"))
-    again = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny, only=only, surrogate=False)
+    again = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny_args, only=only, surrogate=False)
     assert sorted(tmp_path.rglob("results.json")) == finished  # finished runs are not redone
     assert [r.top1 for r in again] == [r.top1 for r in rows]
     assert "| prior-guided (proxy) | 1 |" in zo_training.format_table(rows)
