@@ -11,11 +11,12 @@ from privacy_lit.data.synthetic import ACTION_PHRASES
 from privacy_lit.mllm.base import Request
 from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.utility.retrieval import RetrievalScorer
+from tests.conftest import TinyBenchmark
 
 
 @pytest.fixture(scope="module")
-def standin(tiny_root: Path) -> EmbeddedActionMLLM:
-    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
+def standin(tiny: TinyBenchmark) -> EmbeddedActionMLLM:
+    backend = tiny.standin()
     backend.prepare()
     return backend
 
@@ -100,11 +101,10 @@ def test_standin_wording_follows_its_belief_not_the_pixels(standin: EmbeddedActi
     assert len(said) == len(standin.classes)  # each class in its own words
 
 
-def test_standin_temperature_is_an_explicit_noisier_option(tiny_root: Path) -> None:
+def test_standin_temperature_is_an_explicit_noisier_option(tiny: TinyBenchmark) -> None:
     with pytest.raises(ValueError, match="temperature"):
-        EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), temperature=-1.0)
-    hot = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1,
-                             temperature=5.0)  # fmt: skip
+        tiny.standin(temperature=-1.0)
+    hot = tiny.standin(temperature=5.0)
     clip = torch.randint(0, 256, (8, 64, 64, 3), dtype=torch.uint8)
     first = hot.answer([Request(clip, "q")])[0].text
     assert hot.answer([Request(clip, "q")])[0].text == first  # seeded per query: reproducible

@@ -7,8 +7,6 @@ a small reviewer, so that they measure the training, fast, not the quality of a 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 import torch
 from torch import Tensor, nn
@@ -26,10 +24,9 @@ from privacy_lit.baselines.surrogate import (
 )
 from privacy_lit.data.synthetic import SyntheticDataModule
 from privacy_lit.evaluation import stack_dataset
-from privacy_lit.mllm.standin import EmbeddedActionMLLM
 from privacy_lit.models.anonymizer import Anonymizer, to_float
 from privacy_lit.models.recognizer import ClipRecognizer, TemporalShiftRecognizer
-from tests.conftest import TINY_IMAGES, TINY_VIDEOS
+from tests.conftest import TinyBenchmark
 
 SMALL = {"anonymizer_widths": (8, 16), "head_hidden": (8,)}
 FAST = AdversarialConfig(steps=6, batch_size=6, privacy_batch_size=4, lr=3e-2, utility_lr=1e-2,
@@ -37,8 +34,8 @@ FAST = AdversarialConfig(steps=6, batch_size=6, privacy_batch_size=4, lr=3e-2, u
 
 
 @pytest.fixture(scope="module")
-def data(tiny_root: Path) -> SyntheticDataModule:
-    return SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+def data(tiny: TinyBenchmark) -> SyntheticDataModule:
+    return tiny.data()
 
 
 @pytest.fixture(scope="module")
@@ -144,9 +141,8 @@ def test_surrogate_training_reduces_its_utility_loss(train) -> None:
     assert not torch.equal(surrogate[2].weight, before)  # SPAct: the surrogate adapts as well
 
 
-def test_whitebox_on_the_standin_leaves_the_black_box_untouched(tiny_root: Path, data) -> None:
-    backend = EmbeddedActionMLLM(str(tiny_root), str(tiny_root / "standin.pt"), train_epochs=1)
-    recognizer = backend.recognizer
+def test_whitebox_on_the_standin_leaves_the_black_box_untouched(tiny: TinyBenchmark, data) -> None:
+    recognizer = tiny.standin().recognizer
     before = {k: v.clone() for k, v in recognizer.state_dict().items()}
     config = AdversarialConfig(steps=2, batch_size=2, privacy_batch_size=4,
                                reviewer_warmup_steps=1)  # fmt: skip
