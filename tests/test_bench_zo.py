@@ -16,6 +16,7 @@ from tests.conftest import TINY_CONFIG, TinyBenchmark
 @pytest.fixture(scope="module")
 def task_factory(tiny: TinyBenchmark):
     data, mllm = tiny.data(), tiny.standin()
+    mllm.prepare()  # trained (or loaded) here, whichever test builds the first task
     proxy = RecognizerProxy(epochs=1)
     proxy.prepare(data, torch.device("cpu"))
     return lambda seed: HeadTask(data, mllm, num_clips=2, seed=seed, proxy=proxy)
