@@ -167,6 +167,7 @@ def test_estimators_are_reproducible_from_their_seed() -> None:
         assert torch.equal(_steps(make(), gains, 5)[0], _steps(make(), gains, 5)[0]), name
 
 
+@pytest.mark.slow  # four three-step fits
 def test_the_paper_estimator_gives_the_same_theta_as_the_step_before_the_seam(
     tiny: TinyBenchmark,
 ) -> None:

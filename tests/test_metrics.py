@@ -319,6 +319,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # a spawned process (imports torch again)
 def test_two_gloo_processes_equal_one_process(tmp_path: Path) -> None:
     """Rank 0 is this process and rank 1 a spawned one: a spawned process pays the import of torch
     and torchmetrics (~10 s on a busy 2-core machine), so one child instead of two halves the

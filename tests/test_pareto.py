@@ -222,6 +222,7 @@ def test_notebook_is_committed_without_outputs() -> None:
     assert code and all(c["outputs"] == [] and c["execution_count"] is None for c in code)
 
 
+@pytest.mark.slow  # a Jupyter kernel
 def test_notebook_runs_end_to_end(runs: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     nbformat = pytest.importorskip("nbformat")
     nbclient = pytest.importorskip("nbclient")

@@ -123,6 +123,7 @@ def test_an_estimator_that_needs_a_prior_refuses_to_run_without_a_proxy(
         PrivacySystem(tiny.standin(), estimator=PriorGuided())
 
 
+@pytest.mark.slow  # two fits
 def test_the_signal_meter_measures_the_followed_direction(tiny: TinyBenchmark) -> None:
     meter = UtilitySignalMeter(every_n_steps=1)
     _adversarial_fit(tiny, 3, callbacks=[meter])
