@@ -36,7 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
 
 from privacy_lit.metrics import VQAAccuracy
-from privacy_lit.mllm.base import Answer, BlackBoxMLLM, QueryStats, Request
+from privacy_lit.mllm.base import FAILED, Answer, BatchError, BlackBoxMLLM, QueryStats, Request
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
 from privacy_lit.models.reviewer import build_reviewer
 from privacy_lit.privacy import privacy_loss
@@ -101,6 +101,10 @@ class PrivacySystem(L.LightningModule):
             gain that lets h_k move θ turns every utility step into a long random jump. Clipping
             each keeps the augmented Tchebycheff switch in charge: when L_MLLM (measured exactly
             by the black box) rises above its share, privacy steps pause.
+        max_failed_fraction: a query that fails for good (after the backend's retries: a server
+            error, a malformed reply) is scored as a blind guess and counted (``mllm/failed``);
+            a batch in which more than this fraction failed stops the run instead, since its
+            step would follow noise (a server that is down, a wrong URL).
     """
 
     def __init__(
@@ -140,10 +144,13 @@ class PrivacySystem(L.LightningModule):
         max_gradient_norm: float | None = None,
         estimator: GradientEstimator | None = None,
         proxy: UtilityProxy | None = None,
+        max_failed_fraction: float = 0.5,
     ):
         super().__init__()
         if num_perturbations < 1:
             raise ValueError(f"num_perturbations must be >= 1, got {num_perturbations}")
+        if not 0 <= max_failed_fraction <= 1:
+            raise ValueError(f"max_failed_fraction must be in [0, 1], got {max_failed_fraction}")
         # objects are configuration, not checkpoint content: a checkpoint must load without them
         self.save_hyperparameters(ignore=["mllm", "estimator", "proxy"])
         self.automatic_optimization = False
@@ -176,6 +183,8 @@ class PrivacySystem(L.LightningModule):
         self.utility_task = "action"
         self.val_top1: MulticlassAccuracy | VQAAccuracy | None = None
         self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
+        self.answer_counts = {"failed": 0, "overlong": 0}
+        """Answers of every query so far that failed (scored as blind guesses) or were cut."""
 
     # ----------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -245,8 +254,31 @@ class PrivacySystem(L.LightningModule):
 
     # ----------------------------------------------------------------------------- helpers
     def _ask(self, visuals: list[Tensor], prompts: list[str]) -> list[Answer]:
+        """The black box's answers; a query that failed for good gets :data:`FAILED` (a blind
+        guess) unless more than ``max_failed_fraction`` of the batch failed."""
         requests = [Request(v.cpu(), p) for v, p in zip(visuals, prompts, strict=True)]
-        return self.mllm.answer(requests)
+        try:
+            answers = self.mllm.answer(requests)
+        except BatchError as error:
+            if len(error.failures) > self.hparams.max_failed_fraction * len(requests):
+                raise BatchError(error.failures, error.answers) from error
+            answers = [FAILED if a is None else a for a in error.answers]
+        self.answer_counts["failed"] += sum(a.failed for a in answers)
+        self.answer_counts["overlong"] += sum(a.overlong for a in answers)
+        return answers
+
+    def _answer_quality(self) -> dict[str, float]:
+        """Awkward answers so far: failed and cut (here), empty, refusing and multi-sentence
+        (the scorer's counts), for the per-step figures ``mllm/failed``, ``mllm/refusals``..."""
+        scorer = self.vqa_scorer if self.utility_task == "vqa" else self.scorer
+        counts = scorer.counts if scorer is not None else None
+        return {
+            "mllm/failed": self.answer_counts["failed"],
+            "mllm/overlong": self.answer_counts["overlong"],
+            "mllm/empty": counts.empty if counts else 0,
+            "mllm/refusals": counts.refusal if counts else 0,
+            "mllm/multi_sentence": counts.multi_sentence if counts else 0,
+        }
 
     def _utility_visuals(self, utility: dict[str, Any]) -> Tensor:
         """``B × T × H × W × 3`` uint8: clips as they are, VQA images as one-frame clips."""
@@ -324,6 +356,7 @@ class PrivacySystem(L.LightningModule):
 
     def _adversarial_step(self, batch: dict[str, dict[str, Tensor]]) -> None:
         k = self.zo_step
+        quality_before = self._answer_quality()
         params = self.anonymizer.trainable_parameters()
         a_k, c_k = self.gains.step_size(k), self.gains.perturbation_size(k)
 
@@ -408,6 +441,12 @@ class PrivacySystem(L.LightningModule):
         )
         # every rank counts the queries of its own shard: the run's total is their sum
         self.log("mllm/calls", float(self.mllm.stats.calls), sync_dist=True, reduce_fx="sum")
+        # this step's awkward answers, to every logger (the rates are findings in themselves);
+        # a failed query is scored as an empty answer, but counted as failed only
+        quality = {k: v - quality_before[k] for k, v in self._answer_quality().items()}
+        quality["mllm/empty"] -= quality["mllm/failed"]
+        for name, count in quality.items():
+            self.log(name, float(count), sync_dist=True, reduce_fx="sum")
         self.log_dict({"L_u": loss_utility, "L_p": privacy_value}, prog_bar=True, logger=False)
 
     # ----------------------------------------------------------------------------- evaluation

@@ -7,8 +7,10 @@ nothing a backend does can send a gradient back into the anonymizer.
 
 from __future__ import annotations
 
+import dataclasses
+import unicodedata
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -35,10 +37,64 @@ class Request:
 
 @dataclass(frozen=True)
 class Answer:
-    """The MLLM's free-text answer; ``option_scores`` only where a backend can give them."""
+    """The MLLM's free-text answer; ``option_scores`` only where a backend can give them.
+
+    The other fields describe the query, not the answer (equal answers compare equal whatever
+    they cost): ``overlong`` (the generation was cut at its length limit, or the text at
+    :data:`MAX_ANSWER_CHARS`), ``failed`` (no answer came back: the text is empty and the
+    scorers treat it as a blind guess), and the query's tokens and dollars where the backend
+    knows them (what the cache's ledger records).
+    """
 
     text: str
     option_scores: dict[str, float] | None = None
+    overlong: bool = field(default=False, compare=False)
+    failed: bool = field(default=False, compare=False)
+    prompt_tokens: int = field(default=0, compare=False)
+    completion_tokens: int = field(default=0, compare=False)
+    cost_usd: float = field(default=0.0, compare=False)
+
+
+FAILED = Answer("", failed=True)
+"""What stands in for a query that failed for good (after its retries): an empty answer, which
+the scorers score as a blind guess (uniform class scores; the largest VQA distance)."""
+
+MAX_ANSWER_CHARS = 4000
+"""Answers are cut to this many characters: asked for a sentence, a model that keeps going has
+nothing more to say about the question, and a runaway reply must not reach the text encoder."""
+
+_KEPT_CONTROLS = frozenset("\n\t")
+
+
+def sanitize_text(text: str | bytes, max_chars: int = MAX_ANSWER_CHARS) -> tuple[str, bool]:
+    """Text any tokenizer, JSON file and log accepts, and whether it had to be cut.
+
+    Bytes are decoded as UTF-8 with invalid sequences replaced (U+FFFD); lone surrogates (a JSON
+    ``\\ud800`` escape decodes to one) become U+FFFD while escaped pairs join; control characters
+    other than newline and tab become spaces; the text is cut at ``max_chars``.
+    """
+    if isinstance(text, bytes):
+        text = text.decode("utf-8", errors="replace")
+    if any("\ud800" <= ch <= "\udfff" for ch in text):
+        text = text.encode("utf-16", "surrogatepass").decode("utf-16", "replace")
+    if any(unicodedata.category(ch) == "Cc" and ch not in _KEPT_CONTROLS for ch in text):
+        text = "".join(
+            " " if unicodedata.category(ch) == "Cc" and ch not in _KEPT_CONTROLS else ch
+            for ch in text
+        )
+    return (text[:max_chars], True) if len(text) > max_chars else (text, False)
+
+
+def sanitized(answer: Answer) -> Answer:
+    """``answer`` with :func:`sanitize_text` applied (itself when nothing changes)."""
+    text, cut = sanitize_text(answer.text)
+    if text == answer.text:
+        return answer
+    return dataclasses.replace(answer, text=text, overlong=answer.overlong or cut)
+
+
+OnAnswer = Callable[[int, Answer], None]
+"""``(index in the batch, answer)``: called once per answered request as its answer arrives."""
 
 
 @dataclass
@@ -47,6 +103,8 @@ class QueryStats:
 
     calls: int = 0
     cache_hits: int = 0
+    failed: int = 0
+    """Queries that failed for good (after any retries): not answered, not paid."""
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cost_usd: float = 0.0
@@ -60,6 +118,7 @@ class QueryStats:
         return {
             "calls": self.calls,
             "cache_hits": self.cache_hits,
+            "failed": self.failed,
             "prompt_tokens": self.prompt_tokens,
             "completion_tokens": self.completion_tokens,
             "cost_usd": self.cost_usd,
@@ -101,6 +160,8 @@ class BlackBoxMLLM(ABC):
     def __init__(self) -> None:
         self.stats = QueryStats()
         self.stage = "train"
+        self._on_answer: OnAnswer | None = None
+        self._delivered: set[int] = set()
 
     def prepare(self) -> None:  # noqa: B027 - optional hook, most backends need nothing
         """Load weights or open connections; called once before the first query."""
@@ -133,24 +194,51 @@ class BlackBoxMLLM(ABC):
         Backends whose answers depend on settings must override this and include them."""
         return {"backend": f"{type(self).__module__}.{type(self).__qualname__}"}
 
-    def answer(self, requests: Sequence[Request]) -> list[Answer]:
+    def answer(
+        self, requests: Sequence[Request], on_answer: OnAnswer | None = None
+    ) -> list[Answer]:
         """Answer a batch of requests; every answered request counts as one query.
 
-        A :class:`BatchError` from the backend is re-raised after counting the requests that were
-        answered, since those were sent (and billed)."""
+        Every answer's text is sanitised (:func:`sanitize_text`) before anyone sees it. With
+        ``on_answer``, each answer is also handed over as soon as it is known — as it arrives for
+        backends that answer concurrently (:meth:`_deliver`), else when the batch is done — so a
+        caller that records answers durably (the cache's ledger) loses at most those in flight
+        when the process dies. A :class:`BatchError` from the backend is re-raised after counting
+        and handing over the requests that were answered, since those were sent (and billed)."""
         if not requests:
             return []
+        self._on_answer, self._delivered = on_answer, set()
         try:
             answers = self._answer(list(requests))
         except BatchError as error:
+            error.answers = [None if a is None else sanitized(a) for a in error.answers]
+            self._deliver_rest(error.answers)
             self.count_calls(sum(a is not None for a in error.answers))
+            self.stats.failed += len(error.failures)
             raise
+        finally:
+            self._on_answer = None
         if len(answers) != len(requests):
             raise RuntimeError(
                 f"backend returned {len(answers)} answers for {len(requests)} requests"
             )
+        answers = [sanitized(a) for a in answers]
+        self._deliver_rest(answers)
         self.count_calls(len(requests))
         return answers
+
+    def _deliver(self, index: int, answer: Answer) -> None:
+        """Hand request ``index``'s answer to the caller's ``on_answer`` now (a backend calls
+        this as each answer arrives; the rest are handed over when the batch returns)."""
+        callback = getattr(self, "_on_answer", None)
+        if callback is not None and index not in self._delivered:
+            self._delivered.add(index)
+            callback(index, sanitized(answer))
+
+    def _deliver_rest(self, answers: Sequence[Answer | None]) -> None:
+        for i, answer in enumerate(answers):
+            if answer is not None:
+                self._deliver(i, answer)
 
     def count_calls(self, n: int) -> None:
         """Record ``n`` queries that reached the model, in total and for the current stage."""

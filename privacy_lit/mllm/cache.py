@@ -27,7 +27,15 @@ from typing import Any
 
 import numpy as np
 
-from privacy_lit.mllm.base import Answer, BatchError, BlackBoxMLLM, QueryStats, Request
+from privacy_lit.mllm.base import (
+    Answer,
+    BatchError,
+    BlackBoxMLLM,
+    OnAnswer,
+    QueryStats,
+    Request,
+    sanitized,
+)
 
 CACHE_FORMAT = 1
 """Part of every key: bump it when the key or entry layout changes, so old entries miss."""
@@ -76,7 +84,8 @@ class ResponseCache:
             entry = json.loads(path.read_text(encoding="utf-8"))
             if entry["key"] != key:
                 raise ValueError(f"entry holds key {entry['key']}")
-            return Answer(str(entry["text"]), entry.get("option_scores"))
+            # entries written before answers were sanitised may hold what a tokenizer rejects
+            return sanitized(Answer(str(entry["text"]), entry.get("option_scores")))
         except FileNotFoundError:
             return None
         except (OSError, ValueError, KeyError, TypeError) as error:
@@ -172,7 +181,9 @@ class CachedMLLM(BlackBoxMLLM):
     def cache_identity(self) -> dict[str, object]:
         return self.backend.cache_identity()
 
-    def answer(self, requests: Sequence[Request]) -> list[Answer]:
+    def answer(
+        self, requests: Sequence[Request], on_answer: OnAnswer | None = None
+    ) -> list[Answer]:
         if not requests:
             return []
         identity = self.backend.cache_identity()
@@ -185,23 +196,31 @@ class CachedMLLM(BlackBoxMLLM):
             answers[i] = self.cache.get(key)
             if answers[i] is None:
                 first[key] = i
+            elif on_answer is not None:
+                on_answer(i, answers[i])
         misses = list(first.values())
+
+        def store(j: int, answer: Answer) -> None:
+            # as each answer arrives, before anyone uses it: a crash later in the batch (or
+            # the step) does not make a paid answer be paid again
+            i = misses[j]
+            self.cache.put(keys[i], answer, {"prompt": requests[i].prompt, "identity": identity})
+            answers[i] = answer
+            if on_answer is not None:
+                on_answer(i, answer)
+
         failures: dict[int, str] = {}
         try:
-            fresh: Sequence[Answer | None] = self.backend.answer([requests[i] for i in misses])
+            self.backend.answer([requests[i] for i in misses], on_answer=store)
         except BatchError as error:
-            fresh = error.answers
             failures = {misses[j]: why for j, why in error.failures.items()}
-        for i, answer in zip(misses, fresh, strict=True):
-            if answer is not None:
-                meta = {"prompt": requests[i].prompt, "identity": identity}
-                self.cache.put(keys[i], answer, meta)
-                answers[i] = answer
         for i, key in enumerate(keys):  # repeats within the batch share their first's answer
             if answers[i] is None and key in first and first[key] != i:
                 answers[i] = answers[first[key]]
                 if answers[i] is None:
                     failures[i] = f"same request as {first[key]}, which failed"
+                elif on_answer is not None:
+                    on_answer(i, answers[i])
         sent = set(misses)
         self.stats.cache_hits += sum(a is not None for i, a in enumerate(answers) if i not in sent)
         if failures:

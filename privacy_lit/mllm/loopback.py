@@ -13,6 +13,12 @@ their bytes), so a caller can tell which request an answer belongs to. Faults:
 - ``"hang"``: wait ``hang_s`` (longer than the client's timeout), then close without a response;
 - ``"garbage"``: a 200 whose JSON is not a chat completion.
 
+and odd answers, answered and billed like ``"ok"`` (the echo is part of each, so a caller can
+still tell which request it belongs to): ``"bad-utf8"`` (invalid UTF-8 bytes in the body),
+``"surrogate"`` (a lone ``\\ud800`` escape), ``"control"`` (NUL, BEL, ESC characters), ``"empty"``
+(no text), ``"refusal"`` (no content, OpenAI's ``refusal`` field set) and ``"overlong"``
+(thousands of words, cut at the length limit: ``finish_reason: "length"``).
+
 They are chosen per arrival: first from ``script`` (the first arrivals, in order), then by
 ``rule(prompt_text)`` (e.g. always fail one request), then at random with ``rates``.
 
@@ -265,7 +271,7 @@ class _Handler(BaseHTTPRequestHandler):
         try:
             with server._lock:
                 server.authorizations.add(self.headers.get("Authorization", ""))
-            if action == "ok":
+            if action == "ok" or action in ODD_ANSWERS:
                 with server.slots:
                     time.sleep(server._delay())
                 content = _echo(text, images)
@@ -274,13 +280,14 @@ class _Handler(BaseHTTPRequestHandler):
                     len(content.split()),
                 )
                 reply = _completion(request.get("model", "loopback"), content, usage)
+                raw = _odd_answer(reply, action) if action != "ok" else None
                 server._book(action, usage, images)
                 try:
                     if request.get("stream"):
                         options = request.get("stream_options") or {}
                         self._send_stream(reply, bool(options.get("include_usage")))
                     else:
-                        self._send_json(200, reply)
+                        self._send_json(200, reply, raw)
                 except OSError:  # the client gave up: not answered
                     server._retract(usage, images)
                 return
@@ -312,8 +319,8 @@ class _Handler(BaseHTTPRequestHandler):
         finally:
             server._settle()
 
-    def _send_json(self, status: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
+    def _send_json(self, status: int, payload: dict[str, Any], raw: bytes | None = None) -> None:
+        data = json.dumps(payload).encode() if raw is None else raw
         self.send_response(status)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(data)))
@@ -346,7 +353,32 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.flush()
 
 
-ACTIONS = ("ok", "drop", "hang", "garbage")
+ODD_ANSWERS = ("bad-utf8", "surrogate", "control", "empty", "refusal", "overlong")
+ACTIONS = ("ok", "drop", "hang", "garbage", *ODD_ANSWERS)
+
+
+def _odd_answer(reply: dict[str, Any], action: str) -> bytes | None:
+    """Turn ``reply`` (an echo) into the odd answer ``action``, in place; the body to send
+    where JSON cannot say it (invalid UTF-8), else None."""
+    choice = reply["choices"][0]
+    message = choice["message"]
+    echo = message["content"]
+    if action == "surrogate":
+        message["content"] = f"\ud800 {echo}"  # json.dumps writes the lone escape
+    elif action == "control":
+        message["content"] = f"\x00\x07{echo}\x1b[0m"
+    elif action == "empty":
+        message["content"] = ""
+    elif action == "refusal":
+        message["content"] = None
+        message["refusal"] = "I'm sorry, but I can't help with identifying people in images."
+    elif action == "overlong":
+        message["content"] = f"{echo} " + "and then " * 5000
+        choice["finish_reason"] = "length"
+    elif action == "bad-utf8":
+        message["content"] = f"INVALID {echo}"
+        return json.dumps(reply).encode().replace(b"INVALID", b"\xff\xfe\xc3(", 1)
+    return None
 
 
 def _check_action(action: str) -> str:

@@ -2,8 +2,10 @@
 
 Pixels go out as base64 JPEG/PNG data URLs (a video as ``num_frames`` uniformly sampled frames),
 text comes back. A batch is sent concurrently (at most ``concurrency`` requests in flight), paced
-by a requests/min and tokens/min limiter, and every request is retried on 429, 5xx, timeouts and
-dropped connections with exponential backoff and jitter.
+by a requests/min and tokens/min limiter, and every request is retried on 429, 5xx, timeouts,
+dropped connections and replies that are not a chat completion, with exponential backoff and
+jitter. Answers are handed over one by one as they arrive (``answer(..., on_answer=...)``), and
+their text is sanitised (invalid UTF-8, lone surrogates, control characters) before anyone sees it.
 
 Retries are our own loop, not the client's (``max_retries=0``): the client's backoff delays are
 fixed constants, and we need to count every request exactly once and name the request and its
@@ -33,7 +35,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import dataclasses
 import ipaddress
+import json
 import math
 import os
 import random
@@ -49,7 +53,6 @@ from urllib.parse import urlparse
 import cv2
 import openai
 import torch
-from openai.types.chat import ChatCompletion
 from torch import Tensor
 
 from privacy_lit.mllm.base import Answer, BatchError, BlackBoxMLLM, Request
@@ -278,41 +281,63 @@ class OpenAIChatMLLM(BlackBoxMLLM):
     def _answer(self, requests: list[Request]) -> list[Answer]:
         self.prepare()
         assert self._loop is not None
-        future = self._loop.submit(self._answer_all(requests))
+        if self._limiters is None:  # kept across batches: rate limits span training steps
+            self._limiters = _Limiters(self.requests_per_minute, self.tokens_per_minute)
+        # one future per request, so that each answer is counted and handed over (to the
+        # cache's ledger) the moment it arrives: a crash loses only the requests in flight
+        futures = {
+            self._loop.submit(self._answer_one(request, self._limiters)): i
+            for i, request in enumerate(requests)
+        }
+        answers: list[Answer | None] = [None] * len(requests)
+        failures: dict[int, str] = {}
         try:
-            outcomes: list[_Outcome] = future.result()
+            for future in concurrent.futures.as_completed(futures):
+                i, outcome = futures[future], future.result()
+                answers[i] = self._book(outcome)
+                if outcome.failure is not None:
+                    failures[i] = outcome.failure
+                elif answers[i] is not None:
+                    self._deliver(i, answers[i])
         except BaseException:
-            future.cancel()  # e.g. Ctrl-C: stop sending instead of finishing in the background
+            for future in futures:  # e.g. Ctrl-C: stop sending instead of finishing unseen
+                future.cancel()
             raise
-        for outcome in outcomes:
-            self.retries += outcome.retries
-            self.stats.prompt_tokens += outcome.prompt_tokens
-            self.stats.completion_tokens += outcome.completion_tokens
-            self.stats.cost_usd += self.prices.cost(
-                self.model, outcome.prompt_tokens, outcome.completion_tokens
-            )
-            for name in outcome.errors:
-                self._endpoint_stats(name)["errors"] += 1
-            if outcome.answer is not None and outcome.endpoint is not None:
-                figures = self._endpoint_stats(outcome.endpoint)
-                figures["calls"] += 1
-                figures["latency_s"] += outcome.latency_s
-        failures = {i: o.failure for i, o in enumerate(outcomes) if o.failure is not None}
         if failures:
-            raise BatchError(failures, [o.answer for o in outcomes])
-        return [o.answer for o in outcomes if o.answer is not None]
+            raise BatchError(failures, answers)
+        return [a for a in answers if a is not None]
+
+    def _book(self, outcome: _Outcome) -> Answer | None:
+        """Count one finished request (retries, tokens, dollars, endpoint figures); its answer
+        carries its own tokens and dollars."""
+        cost = self.prices.cost(self.model, outcome.prompt_tokens, outcome.completion_tokens)
+        self.retries += outcome.retries
+        self.stats.prompt_tokens += outcome.prompt_tokens
+        self.stats.completion_tokens += outcome.completion_tokens
+        self.stats.cost_usd += cost
+        for name in outcome.errors:
+            self._endpoint_stats(name)["errors"] += 1
+        if outcome.answer is None:
+            return None
+        if outcome.endpoint is not None:
+            figures = self._endpoint_stats(outcome.endpoint)
+            figures["calls"] += 1
+            figures["latency_s"] += outcome.latency_s
+        return dataclasses.replace(
+            outcome.answer,
+            prompt_tokens=outcome.prompt_tokens,
+            completion_tokens=outcome.completion_tokens,
+            cost_usd=cost,
+        )
 
     def _endpoint_stats(self, name: str) -> dict[str, float]:
         return self.stats.by_endpoint.setdefault(name, {"calls": 0, "errors": 0, "latency_s": 0.0})
 
-    async def _answer_all(self, requests: list[Request]) -> list[_Outcome]:
-        if self._limiters is None:  # kept across batches: rate limits span training steps
-            self._limiters = _Limiters(self.requests_per_minute, self.tokens_per_minute)
-        limiters = self._limiters
-        return await asyncio.gather(*(self._answer_one(r, limiters) for r in requests))
-
     async def _answer_one(self, request: Request, limiters: _Limiters) -> _Outcome:
-        """One request, retried until it is answered or out of attempts; never raises."""
+        """One request, retried until it is answered or out of attempts; never raises.
+
+        A reply that is not a chat completion (a proxy's error page with status 200, a cut-off
+        body) is retried like a transport error: the endpoint failed, not the request."""
         fleet = self._fleet
         assert fleet is not None
         outcome = _Outcome()
@@ -327,9 +352,11 @@ class OpenAIChatMLLM(BlackBoxMLLM):
                 await limiters.acquire(estimate)
                 started = time.monotonic()
                 try:
-                    completion = await endpoint.client.post(
-                        "/chat/completions", cast_to=ChatCompletion, body=body
-                    )
+                    # the raw bytes, parsed here: the client's own parsing raises on a reply
+                    # that is not valid UTF-8 and accepts one that is not a chat completion
+                    data = await endpoint.client.post("/chat/completions", cast_to=bytes,
+                                                      body=body)  # fmt: skip
+                    text, overlong, prompt, generated = parse_completion(data)
                 except openai.APIStatusError as error:
                     status = error.status_code
                     reason = f"HTTP {status} ({_error_message(error)})"
@@ -347,14 +374,16 @@ class OpenAIChatMLLM(BlackBoxMLLM):
                     cause = error.__cause__
                     reason = f"connection error ({type(cause).__name__}: {cause})"
                     outcome.errors.append(endpoint.name)
-                except openai.APIError as error:  # e.g. a body that is not a chat completion
+                except (openai.APIError, ValueError) as error:  # a malformed reply
+                    reason = str(error)
                     outcome.errors.append(endpoint.name)
-                    outcome.failure = f"{type(error).__name__}: {error}, not retryable"
-                    return outcome
                 else:
                     fleet.succeeded(endpoint)
                     outcome.endpoint, outcome.latency_s = endpoint.name, time.monotonic() - started
-                    return self._record(outcome, completion, estimate, limiters)
+                    limiters.correct(estimate, prompt + generated)
+                    outcome.answer = Answer(text, overlong=overlong)
+                    outcome.prompt_tokens, outcome.completion_tokens = prompt, generated
+                    return outcome
                 fleet.failed(endpoint, retry_after)
             finally:
                 fleet.release(endpoint)
@@ -368,30 +397,12 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         outcome.failure = f"gave up after {self.max_retries + 1} attempts, last: {reason}"
         return outcome
 
-    @staticmethod
-    def _record(
-        outcome: _Outcome, completion: ChatCompletion, estimate: int, limiters: _Limiters
-    ) -> _Outcome:
-        """The answer and usage of a completed request into ``outcome``."""
-        try:
-            usage = completion.usage
-            prompt, generated = (usage.prompt_tokens, usage.completion_tokens) if usage else (0, 0)
-            message = completion.choices[0].message
-            text = message.content or message.refusal or ""
-        except (AttributeError, IndexError, TypeError) as error:
-            outcome.failure = f"the server's reply is not a chat completion ({error})"
-            return outcome
-        limiters.correct(estimate, prompt + generated)
-        outcome.answer = Answer(text)
-        outcome.prompt_tokens, outcome.completion_tokens = prompt, generated
-        return outcome
-
     def _body(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         """The request's JSON. Sent with the client's generic ``post`` (its documented way to
         send any body) rather than ``chat.completions.create``, whose per-call walk of the typed
         parameters took ~10 ms per 8-frame request, as long as the HTTP round trip itself; the
-        client still adds auth, applies the timeout, raises its typed errors and parses the
-        :class:`ChatCompletion`."""
+        client still adds auth, applies the timeout and raises its typed errors, and
+        :func:`parse_completion` reads the reply."""
         body = {
             "model": self.model,
             "messages": messages,
@@ -459,6 +470,32 @@ class OpenAIChatMLLM(BlackBoxMLLM):
         height, width = request.visual.shape[-3], request.visual.shape[-2]
         text = len(request.prompt) + len(self.system_prompt or "") + len(self.video_note or "")
         return math.ceil(text / 4) + n * _image_tokens(height, width, self.detail) + self.max_tokens
+
+
+def parse_completion(data: bytes) -> tuple[str, bool, int, int]:
+    """The answer text of a chat-completions reply body, whether the generation was cut at its
+    length limit, and its prompt and completion tokens. Invalid UTF-8 is decoded with
+    replacement characters (the answer was paid for; the scorer can still use the rest), and
+    the text is sanitised by the caller; a body that is not a chat completion raises
+    ``ValueError``."""
+    try:
+        reply = json.loads(data.decode("utf-8", errors="replace"))
+        choice = reply["choices"][0]
+        message = choice["message"]
+        text = message.get("content") or message.get("refusal") or ""
+        if isinstance(text, list):  # content parts, as some servers answer
+            text = "".join(part.get("text") or "" for part in text)
+        if not isinstance(text, str):
+            raise TypeError(f"message content is a {type(text).__name__}")
+        usage = reply.get("usage") or {}
+        prompt = int(usage.get("prompt_tokens") or 0)
+        generated = int(usage.get("completion_tokens") or 0)
+        cut = choice.get("finish_reason") == "length"
+    except (ValueError, KeyError, IndexError, TypeError, AttributeError) as error:
+        raise ValueError(
+            f"the server's reply is not a chat completion ({type(error).__name__}: {error})"
+        ) from None
+    return text, cut, prompt, generated
 
 
 def endpoint_name(base_url: str | None) -> str:
