@@ -11,7 +11,8 @@ Project subcommands that are not a Lightning loop run their own ``main(argv)`` i
 - ``anonymize``: :mod:`privacy_lit.anonymize`, a trained anonymizer applied to images and videos;
 - ``serve``: :mod:`privacy_lit.serve`, an OpenAI-compatible proxy that anonymizes every image;
 - ``bench serve``: :mod:`privacy_lit.bench.serve`, the latency and throughput that proxy costs;
-- ``report``: :mod:`privacy_lit.report`, one table (with Pareto dominance) from results files.
+- ``report``: :mod:`privacy_lit.report`, one table (with Pareto dominance) from results files;
+- ``usage``: :mod:`privacy_lit.usage`, a run's calls, cache hits, tokens and dollars (its ledger).
 
 Tests call :func:`main` in-process: ``main(["fit", "--config", cfg, "--trainer.fast_dev_run=1"])``.
 """
@@ -37,6 +38,7 @@ SUBCOMMANDS: dict[tuple[str, ...], str] = {
     ("serve",): "privacy_lit.serve",
     ("bench", "serve"): "privacy_lit.bench.serve",
     ("report",): "privacy_lit.report",
+    ("usage",): "privacy_lit.usage",
 }
 """Words after ``python -m privacy_lit`` → the module whose ``main(argv)`` runs them."""
 

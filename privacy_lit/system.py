@@ -24,8 +24,10 @@ rank; the reviewer's update goes through ``manual_backward``, whose gradients DD
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -185,6 +187,7 @@ class PrivacySystem(L.LightningModule):
         self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
         self.answer_counts = {"failed": 0, "overlong": 0}
         """Answers of every query so far that failed (scored as blind guesses) or were cut."""
+        self._ledger_run_restored = False
 
     # ----------------------------------------------------------------------------- set-up
     def setup(self, stage: str) -> None:
@@ -229,6 +232,7 @@ class PrivacySystem(L.LightningModule):
                 "PrivacySystem under DDP needs find_unused_parameters=True: use "
                 "--trainer.strategy=ddp_find_unused_parameters_true (conf/ddp.yaml does)"
             )
+        self._point_to_ledger()
         trainable = sum(p.numel() for p in self.anonymizer.trainable_parameters())
         total = sum(p.numel() for p in self.anonymizer.parameters())
         self.print(f"anonymizer: {total} parameters, {trainable} trained by the ZO step (head)")
@@ -236,6 +240,24 @@ class PrivacySystem(L.LightningModule):
             logger.log_hyperparams(
                 {"anonymizer_head_parameters": trainable, "anonymizer_parameters": total}
             )
+
+    def on_test_start(self) -> None:
+        self._point_to_ledger()
+
+    def _point_to_ledger(self) -> None:
+        """One ledger run id for every rank (rank 0's, or the checkpoint's on resume), and
+        ``ledger.json`` in the log directory naming the ledger and the run, for
+        ``python -m privacy_lit usage RUN``."""
+        ledger = self.mllm.ledger
+        if ledger is None:
+            return
+        if not self._ledger_run_restored:
+            ledger.run = self.trainer.strategy.broadcast(ledger.run)
+        directory = self.trainer.log_dir or self.trainer.default_root_dir
+        if self.trainer.is_global_zero and directory:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            pointer = {"ledger": str(ledger.path.resolve()), "run": ledger.run}
+            (Path(directory) / "ledger.json").write_text(json.dumps(pointer, indent=1))
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -506,6 +528,7 @@ class PrivacySystem(L.LightningModule):
             "estimator": self.estimator.state_dict(),
             "scalarizer": self.scalarizer.state_dict(),
             "mllm_stats": asdict(self.mllm.stats),
+            "ledger_run": None if self.mllm.ledger is None else self.mllm.ledger.run,
         }
         if world_size() > 1:  # every rank calls this; rank 0 writes the file
             ranks: list[Any] = [None] * world_size()
@@ -528,17 +551,32 @@ class PrivacySystem(L.LightningModule):
             )
         # else: a checkpoint from before the adversarial phase starts any estimator afresh
         self.scalarizer.load_state_dict(state["scalarizer"])
+        ledger, run = self.mllm.ledger, state.get("ledger_run")
+        if ledger is not None and run is not None:
+            ledger.run, self._ledger_run_restored = run, True
         self.mllm.stats = self._restored_stats(state)
 
     def _restored_stats(self, state: dict[str, Any]) -> QueryStats:
-        """This rank's query counts from a checkpoint: its own where the checkpoint kept every
-        rank's and the world size is the same; otherwise rank 0 carries the whole run's total
-        (and the other ranks start from zero), so the sum over ranks stays the run's count."""
+        """This rank's query counts on resume: its own where the checkpoint kept every rank's and
+        the world size is the same; otherwise rank 0 carries the whole run's total (and the other
+        ranks start from zero), so the sum over ranks stays the run's count.
+
+        Calls, hits, tokens and dollars come from the ledger where the black box keeps one: it
+        also holds what was paid after the checkpoint was written, before the process died.
+        Failed queries and per-endpoint figures are not in it: those are the checkpoint's."""
         by_rank = state.get("mllm_stats_by_rank") or [state["mllm_stats"]]
         rank, size = self.global_rank, max(world_size(), 1)
-        if len(by_rank) == size:
-            return QueryStats(**by_rank[rank])
-        return _summed([QueryStats(**s) for s in by_rank]) if rank == 0 else QueryStats()
+        same = len(by_rank) == size
+        if same:
+            saved = QueryStats(**by_rank[rank])
+        else:
+            saved = _summed([QueryStats(**s) for s in by_rank]) if rank == 0 else QueryStats()
+        ledger = self.mllm.ledger
+        if ledger is None or not self._ledger_run_restored or not (same or rank == 0):
+            return saved
+        counted = ledger.totals(ledger.run, rank if same else None)
+        counted.failed, counted.by_endpoint = saved.failed, saved.by_endpoint
+        return counted
 
 
 def _summed(stats: Sequence[QueryStats]) -> QueryStats:

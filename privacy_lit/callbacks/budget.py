@@ -4,7 +4,9 @@ A paid API turns every query into money. :class:`QueryBudget` watches the backen
 :class:`~privacy_lit.mllm.base.QueryStats` after every training step and ends ``fit`` cleanly
 once the next step would not fit the budget — never in the middle of a step, where the ZO update
 would be half done — and saves a checkpoint first, so raising the budget and resuming from it
-continues where training stopped (the query counts are restored with the module's state).
+continues where training stopped. On resume the counts come from the query ledger where the
+black box keeps one (:class:`~privacy_lit.mllm.cache.CachedMLLM`), not from the checkpoint: a
+run killed after its last checkpoint still counts every query it paid for.
 """
 
 from __future__ import annotations

@@ -13,9 +13,13 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
+
+if TYPE_CHECKING:
+    from privacy_lit.mllm.cache import QueryLedger
 
 
 @dataclass(frozen=True)
@@ -156,6 +160,11 @@ class BatchError(RuntimeError):
 
 class BlackBoxMLLM(ABC):
     """Base class of every backend: subclasses implement :meth:`_answer`, this class counts."""
+
+    ledger: QueryLedger | None = None
+    """The durable record of the queries paid, where there is one (a
+    :class:`~privacy_lit.mllm.cache.CachedMLLM` keeps it beside its cache): what a resumed run's
+    counts are read back from."""
 
     def __init__(self) -> None:
         self.stats = QueryStats()
