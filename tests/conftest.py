@@ -31,8 +31,14 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 import torch  # noqa: E402 (after OMP_NUM_THREADS: torch reads it when it starts)
 
-from privacy_lit.data.synthetic import ACTION_PHRASES  # noqa: E402
+from privacy_lit.data.synthetic import (  # noqa: E402
+    ACTION_PHRASES,
+    SyntheticConfig,
+    SyntheticDataModule,
+    generate,
+)
 from privacy_lit.mllm.base import Answer, BlackBoxMLLM, Request  # noqa: E402
+from privacy_lit.mllm.standin import EmbeddedActionMLLM  # noqa: E402
 
 torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
@@ -66,16 +72,12 @@ class TinyBenchmark:
         """The overlay's anonymizer size, for tests that build a :class:`PrivacySystem`."""
         return {k: tuple(_TINY["model"][k]) for k in ("anonymizer_widths", "head_hidden")}
 
-    def data(self, **overrides: Any):
+    def data(self, **overrides: Any) -> SyntheticDataModule:
         """A fresh data module over the benchmark, with the overlay's sizes and batch sizes."""
-        from privacy_lit.data.synthetic import SyntheticDataModule
-
         return SyntheticDataModule(str(self.root), **(_TINY["data"]["init_args"] | overrides))
 
-    def standin(self, **overrides: Any):
+    def standin(self, **overrides: Any) -> EmbeddedActionMLLM:
         """The demo's stand-in black box, its recognizer trained on first use and kept."""
-        from privacy_lit.mllm.standin import EmbeddedActionMLLM
-
         settings = _TINY["model"]["mllm"]["init_args"] | overrides
         return EmbeddedActionMLLM(str(self.root), str(self.standin_checkpoint), **settings)
 
@@ -100,8 +102,7 @@ class TinyBenchmark:
 
 @pytest.fixture(scope="session")
 def tiny_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from privacy_lit.data.synthetic import SyntheticConfig, generate
-
+    """The tiny synthetic benchmark, generated once per session at the overlay's sizes."""
     root = tmp_path_factory.mktemp("synthetic")
     generate(root, SyntheticConfig(seed=0, videos_per_action=TINY_VIDEOS, images=TINY_IMAGES))
     return root
