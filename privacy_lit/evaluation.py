@@ -19,7 +19,9 @@ so the rows of a results table are comparable. ``results.json`` keeps the fields
 from __future__ import annotations
 
 import json
+import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
@@ -175,6 +177,29 @@ def fresh_reviewer_scores(
     return PrivacyScores(float(cmap.compute()), precision.as_dict(precision.compute()))
 
 
+def _reviewer_job(
+    train_images: Tensor, test_images: Tensor, train_labels: Tensor, test_labels: Tensor,
+    arch: str, epochs: int, seed: int, kwargs: dict[str, Any],
+) -> PrivacyScores:  # fmt: skip
+    return fresh_reviewer_scores(train_images, train_labels, test_images, test_labels, arch,
+                                 epochs, seed, **kwargs)  # fmt: skip
+
+
+def _one_thread() -> None:
+    torch.set_num_threads(1)
+
+
+def _reviewer_pool(processes: int) -> ProcessPoolExecutor | None:
+    """Worker processes for the fresh reviewers (spawned: a forked child of a process whose
+    OpenMP threads have run can hang in its first parallel region)."""
+    if processes < 0:
+        raise ValueError(f"reviewer_processes must be >= 0, got {processes}")
+    if processes == 0:
+        return None
+    context = multiprocessing.get_context("spawn")
+    return ProcessPoolExecutor(processes, mp_context=context, initializer=_one_thread)
+
+
 def _utility_test_data(datamodule) -> tuple[str, Dataset]:
     """The utility task (``"action"`` or ``"vqa"``) and its test samples."""
     task = getattr(datamodule, "utility_task", "action")
@@ -200,6 +225,7 @@ def evaluate(
     on_row: Callable[[list[Row]], None] | None = None,
     cache: RowCache | None = None,
     cache_keys: Mapping[str, Mapping[str, Any]] | None = None,
+    reviewer_processes: int = 0,
 ) -> list[Row]:
     """Run the protocol for every anonymizer; returns one :class:`Row` each.
 
@@ -212,6 +238,13 @@ def evaluate(
     called only when its row is not read from ``cache``. Rows named in ``cache_keys`` (name →
     what that method's figures depend on besides the protocol and the reviewer data) are read
     from ``cache`` when there, and stored after evaluation.
+
+    ``reviewer_processes`` > 0 trains the fresh reviewers in that many worker processes of one
+    thread each, while this process goes on with the next rows' anonymizers and black-box
+    answers: small convolutions use two threads poorly, so two one-thread reviewers on a
+    2-core CPU finish sooner than two in a row with two threads each. A row's figures then
+    depend on the one thread (not on how many processes), and differ from an in-process run's
+    by floating-point summation order only.
     """
     task, utility_data = _utility_test_data(datamodule)
     workers = getattr(datamodule, "num_workers", 0)
@@ -250,37 +283,61 @@ def evaluate(
         "reviewer_data": tensor_digest(train_images, train_labels, test_images, test_labels),
     } if cache is not None and cache_keys else {}  # fmt: skip
     label = "VQA accuracy" if task == "vqa" else "top-1"
-    rows = []
-    for name, anonymizer in anonymizers.items():
-        calls = (calls_per_sample or {}).get(name, 0.0)
-        parts = (
-            {**protocol, "method": name, **cache_keys[name]}
-            if protocol and name in cache_keys
-            else None
-        )
-        key = None if parts is None else RowCache.key(parts)
-        stored = None if key is None else cache.get(key)
-        cached = None if stored is None else Row.from_dict(stored)
-        if cached is not None:
-            rows.append(replace(cached, mllm_calls_per_sample=calls))
+    reviewer_args = (train_labels, test_labels, reviewer_arch, reviewer_epochs, seed)
+    pool = _reviewer_pool(reviewer_processes)
+    pending: list[tuple[Row, Future | PrivacyScores | None, str | None]] = []
+    rows: list[Row] = []
+
+    def finish(block: bool) -> None:
+        """Complete the rows whose reviewers are done, in order (all of them with ``block``),
+        and hand each to ``on_row``: a failure on a later row keeps the earlier ones."""
+        while pending and (block or not isinstance(pending[0][1], Future) or pending[0][1].done()):
+            row, privacy, key = pending.pop(0)
+            if privacy is not None:  # evaluated here: its reviewer's figures complete the row
+                scores = privacy.result() if isinstance(privacy, Future) else privacy
+                row = replace(row, cmap=scores.cmap, attribute_precision=scores.attribute_precision)
+                if key is not None:
+                    cache.put(key, asdict(row), cache_parts[row.method])
+            verb = "evaluated" if privacy is not None else "cached"
             progress(
-                f"cached {name}: {label} {100 * cached.top1:.1f}, cMAP {100 * cached.cmap:.1f}"
+                f"{verb} {row.method}: {label} {100 * row.top1:.1f}, cMAP {100 * row.cmap:.1f}"
             )
-        else:
-            if not isinstance(anonymizer, nn.Module):
-                anonymizer = anonymizer()
-            anonymizer = anonymizer.eval()
-            score = utility(anonymizer)
-            privacy = fresh_reviewer_scores(
-                _apply(anonymizer, train_images), train_labels, _apply(anonymizer, test_images),
-                test_labels, reviewer_arch, reviewer_epochs, seed, desc=name, names=names,
-            )  # fmt: skip
-            rows.append(Row(name, score, privacy.cmap, calls, privacy.attribute_precision, metric))
-            if key is not None:
-                cache.put(key, asdict(rows[-1]), parts)
-            progress(f"evaluated {name}: {label} {100 * score:.1f}, cMAP {100 * privacy.cmap:.1f}")
-        if on_row is not None:
-            on_row(rows)
+            rows.append(row)
+            if on_row is not None:
+                on_row(rows)
+
+    cache_parts = {
+        name: {**protocol, "method": name, **cache_keys[name]}
+        for name in anonymizers
+        if protocol and name in cache_keys
+    }
+    try:
+        for name, anonymizer in anonymizers.items():
+            calls = (calls_per_sample or {}).get(name, 0.0)
+            key = RowCache.key(cache_parts[name]) if name in cache_parts else None
+            stored = None if key is None else cache.get(key)
+            if stored is not None:
+                pending.append(
+                    (replace(Row.from_dict(stored), mllm_calls_per_sample=calls), None, None)
+                )
+            else:
+                if not isinstance(anonymizer, nn.Module):
+                    anonymizer = anonymizer()
+                anonymizer = anonymizer.eval()
+                score = utility(anonymizer)
+                job = (_apply(anonymizer, train_images), _apply(anonymizer, test_images))
+                kwargs = {"desc": name, "names": names}
+                privacy = (
+                    pool.submit(_reviewer_job, *job, *reviewer_args, kwargs)
+                    if pool is not None
+                    else _reviewer_job(*job, *reviewer_args, kwargs)
+                )
+                pending.append((Row(name, score, 0.0, calls, {}, metric), privacy, key))
+            finish(block=False)
+        finish(block=True)
+    finally:
+        if pool is not None:
+            pool.shutdown(cancel_futures=True)
     return rows
 
 

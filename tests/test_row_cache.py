@@ -77,3 +77,30 @@ def test_an_unreadable_entry_is_a_miss(tmp_path: Path, caplog: pytest.LogCapture
     (tmp_path / f"{key}.json").write_text("{not json")
     assert cache.get(key) is None
     assert "unreadable" in caplog.text
+
+
+def test_reviewers_in_worker_processes_give_the_rows_of_one_worker(tiny_root: Path):
+    """The figures depend on the one thread a worker uses, not on how many workers run."""
+    data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
+    mllm = _FirstClass(f"The person is {data.class_names[0]}.")
+    scorer = RetrievalScorer(data.class_names)
+    saved: list[int] = []
+
+    def run(processes: int):
+        return evaluate(
+            {"raw": nn.Identity(), "flip": _Flip(), "other": nn.Identity()}, data, mllm, scorer,
+            "What?", "resnet18", 1, seed=0, progress=lambda _: None,
+            on_row=lambda rows: saved.append(len(rows)), reviewer_processes=processes,
+        )  # fmt: skip
+
+    one, two = run(1), run(2)
+    assert [(r.method, r.top1, r.cmap, r.attribute_precision) for r in one] == [
+        (r.method, r.top1, r.cmap, r.attribute_precision) for r in two
+    ]
+    assert one[0].cmap != one[1].cmap  # the rows are different measurements
+    assert saved == [1, 2, 3, 1, 2, 3]  # every row handed over in order, each run
+
+
+class _Flip(nn.Module):
+    def forward(self, x):
+        return x.flip(-1)

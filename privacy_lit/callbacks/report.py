@@ -107,6 +107,9 @@ class PrivacyUtilityReport(L.Callback):
             of the key; without one nothing is cached. None: no cache.
         seed: the fresh reviewers' seed; None: the run's seed (``seed_everything``), so a seeds
             sweep measures the reviewer's spread too.
+        reviewer_processes: train the fresh reviewers in this many one-thread worker processes
+            beside the rest of the evaluation (0: in this process; see
+            :func:`~privacy_lit.evaluation.evaluate`).
     """
 
     def __init__(
@@ -120,6 +123,7 @@ class PrivacyUtilityReport(L.Callback):
         surrogate: SurrogateConfig | None = None,
         row_cache: str | None = None,
         seed: int | None = None,
+        reviewer_processes: int = 0,
     ):
         self.reviewer_epochs = reviewer_epochs
         self.reviewer_arch = reviewer_arch
@@ -133,6 +137,9 @@ class PrivacyUtilityReport(L.Callback):
         self.surrogate = surrogate or SurrogateConfig()
         self.row_cache = None if row_cache is None else RowCache(row_cache)
         self.seed = seed
+        if reviewer_processes < 0:
+            raise ValueError(f"reviewer_processes must be >= 0, got {reviewer_processes}")
+        self.reviewer_processes = reviewer_processes
 
     @property
     def comparisons(self) -> list[str]:
@@ -228,6 +235,7 @@ class PrivacyUtilityReport(L.Callback):
             anonymizers, datamodule, pl_module.mllm, scorer, pl_module.hparams.prompt, arch,
             self.reviewer_epochs, seed=self._seed(), calls_per_sample=calls,
             progress=pl_module.print, on_row=save, cache=self.row_cache, cache_keys=cache_keys,
+            reviewer_processes=self.reviewer_processes,
         )  # fmt: skip
         for logger in trainer.loggers:  # finalized already, but W&B and CSV still take rows
             logger.log_metrics(results_metrics(rows), step=trainer.global_step)
