@@ -272,7 +272,7 @@ def train_adversarial_anonymizer(
             if isinstance(reviewer_arch, nn.Module)
             else build_reviewer(reviewer_arch, attributes.shape[1])
         )
-        reviewer_opt = torch.optim.Adam(reviewer.parameters(), lr=config.reviewer_lr)
+        reviewer_opt = torch.optim.Adam(reviewer.parameters(), lr=config.reviewer_lr, fused=True)
         utility_opt = None
         if update_utility_model:
             utility_model.train()
