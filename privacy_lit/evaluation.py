@@ -338,6 +338,11 @@ def evaluate(
                 pending.append((Row(name, score, 0.0, calls, {}, metric), privacy, key))
             finish(block=False)
         finish(block=True)
+    except BaseException:
+        if pool is not None:  # an error or Ctrl-C: the workers' reviewers are not waited for
+            for process in list(getattr(pool, "_processes", {}).values()):
+                process.terminate()
+        raise
     finally:
         if pool is not None:
             pool.shutdown(cancel_futures=True)
