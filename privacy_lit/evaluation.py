@@ -282,6 +282,8 @@ def evaluate(
     protocol = {
         "task": task, "mllm": mllm.cache_identity(), "prompt": prompt, "reviewer": reviewer_arch,
         "reviewer_epochs": reviewer_epochs, "seed": seed, "names": names,
+        # the summation order, and with it the last digits, follows the reviewer's threads
+        "reviewer_threads": 1 if reviewer_processes else torch.get_num_threads(),
         "classes": None if scorer is None else list(scorer.class_texts),
         "reviewer_data": tensor_digest(train_images, train_labels, test_images, test_labels),
     } if cache is not None and cache_keys else {}  # fmt: skip
