@@ -82,12 +82,16 @@ class TinyBenchmark:
         return EmbeddedActionMLLM(str(self.root), str(self.standin_checkpoint), **settings)
 
     def settings(self) -> list[str]:
-        """``key=value`` settings that point a run of the overlay at this benchmark (the paths
-        a YAML file cannot know)."""
+        """``key=value`` settings of a run of the overlay that its YAML cannot hold: the paths of
+        this benchmark, and the demo's report (the last callback; an overlay's list would
+        replace the demo's callbacks, not edit one) with its fresh reviewers in this process
+        and no row cache under ``data/``, so no run reads another's rows."""
         return [
             f"data.init_args.root={self.root}",
             f"model.mllm.init_args.data_root={self.root}",
             f"model.mllm.init_args.checkpoint={self.standin_checkpoint}",
+            "trainer.callbacks.init_args.reviewer_processes=0",
+            "trainer.callbacks.init_args.row_cache=null",
         ]
 
     def cli_args(self, out: Path, loggers: list[dict[str, Any]] | None = None) -> list[str]:
