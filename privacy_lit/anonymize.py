@@ -19,8 +19,11 @@ reads and writes the files.
 - Folders are searched recursively; their tree is reproduced under ``--out/<folder name>/``.
 
 Every input is checked before anything is written (that it exists, has a supported type, that
-an image's header and a video's index can be read): a file failing a check is reported by name
-and nothing is processed, so a batch does not half-finish on a bad file it could have seen.
+an image's header and a video's index can be read, that it is not smaller than the anonymizer
+takes): a file failing a check is reported by name and nothing is processed, so a batch does not
+half-finish on a bad file it could have seen. Images larger than about a megapixel are
+anonymized in tiles (:mod:`privacy_lit.deploy`), so an 8000×8000 photo needs no more memory than
+a small one.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
+from PIL import Image
 from torch import Tensor
 from tqdm import tqdm
 
@@ -72,12 +76,15 @@ def _video_target(target: Path) -> Path:
     return target if target.suffix.lower() in VIDEO_CODECS else target.with_suffix(".mp4")
 
 
-def _probe(source: Path, target: Path, kind: str) -> Job:
-    """Check that ``source`` can be read, before anything is written."""
+def _probe(source: Path, target: Path, kind: str, min_side: int = 1) -> Job:
+    """Check that ``source`` can be read and is large enough for the anonymizer (``min_side``
+    pixels a side), before anything is written."""
     if kind == "image":
         if not cv2.haveImageReader(str(source)):
             raise InputError(f"cannot read image {source}: not a readable {source.suffix} file")
+        _check_size(source, _image_size(source), min_side)
         return Job(source, target, kind)
+    _check_size(source, _video_size(source), min_side)
     import decord
 
     try:
@@ -90,9 +97,35 @@ def _probe(source: Path, target: Path, kind: str) -> Job:
     return Job(source, _video_target(target), kind, frames, fps)
 
 
-def collect_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
+def _image_size(path: Path) -> tuple[int, int] | None:
+    """Width and height from the image's header (PIL reads no pixels for it); None where PIL
+    cannot tell (OpenCV may still read the file)."""
+    try:
+        with Image.open(path) as image:
+            return image.size
+    except (OSError, ValueError):
+        return None
+
+
+def _video_size(path: Path) -> tuple[int, int] | None:
+    capture = cv2.VideoCapture(str(path))
+    size = (int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT)))
+    capture.release()
+    return size if min(size) > 0 else None
+
+
+def _check_size(source: Path, size: tuple[int, int] | None, min_side: int) -> None:
+    if size is not None and min(size) < min_side:
+        raise InputError(
+            f"cannot anonymize {source}: {size[0]}×{size[1]} px, the anonymizer needs at least "
+            f"{min_side} px a side"
+        )
+
+
+def collect_jobs(inputs: Sequence[str | Path], out: str | Path, min_side: int = 1) -> list[Job]:
     """Every file to anonymize with its target under ``out``; raises :class:`InputError` naming
-    every input that is missing, unsupported or unreadable (all of them, not just the first)."""
+    every input that is missing, unsupported, unreadable or smaller than ``min_side`` pixels a
+    side (all of them, not just the first)."""
     out = Path(out)
     pairs: list[tuple[Path, Path]] = []
     problems: list[str] = []
@@ -117,7 +150,7 @@ def collect_jobs(inputs: Sequence[str | Path], out: str | Path) -> list[Job]:
     jobs = []
     for source, target in pairs:
         try:
-            jobs.append(_probe(source, target, _kind(source) or ""))
+            jobs.append(_probe(source, target, _kind(source) or "", min_side))
         except InputError as error:
             problems.append(str(error))
     targets: dict[Path, Path] = {}
@@ -137,15 +170,18 @@ def _read_image(path: Path) -> Tensor:
     bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if bgr is None:
         raise InputError(f"cannot read image {path}")
-    return torch.from_numpy(np.ascontiguousarray(bgr[..., ::-1]))
+    # channels swapped in place: a large photo is held once (8000×8000 is 192 MB a copy)
+    return torch.from_numpy(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB, dst=bgr))
 
 
 def _write_image(path: Path, rgb: Tensor) -> None:
+    """Write (and consume: its channels are swapped in place) an anonymized image."""
     path.parent.mkdir(parents=True, exist_ok=True)
     params = (
         [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY] if path.suffix.lower() in {".jpg", ".jpeg"} else []
     )
-    if not cv2.imwrite(str(path), np.ascontiguousarray(rgb.numpy()[..., ::-1]), params):
+    pixels = np.ascontiguousarray(rgb.numpy())
+    if not cv2.imwrite(str(path), cv2.cvtColor(pixels, cv2.COLOR_RGB2BGR, dst=pixels), params):
         raise OSError(f"cannot write image {path}")
 
 
@@ -256,7 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.ckpt is None or args.out is None or not args.inputs:
             parser.error("needs --ckpt, --out and at least one input (or --benchmark)")
         pipeline = AnonymizerPipeline.from_checkpoint(args.ckpt, args.device, args.batch_size)
-        jobs = collect_jobs(args.inputs, args.out)
+        jobs = collect_jobs(args.inputs, args.out, pipeline.min_side)
         frames = anonymize_files(pipeline, jobs, not args.quiet)
     except (InputError, FileNotFoundError, OSError) as error:
         print(f"error: {error}", file=sys.stderr)

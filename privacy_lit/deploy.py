@@ -14,7 +14,10 @@ OpenAI-compatible privacy proxy) and Python code all call.
 Only the anonymizer is read from a :class:`~privacy_lit.system.PrivacySystem` Lightning checkpoint
 (its ``anonymizer.*`` weights and the ``anonymizer_widths`` / ``head_hidden`` hyper-parameters):
 no black box, no reviewer, no data. The anonymizer is fully convolutional, so any resolution works
-(down to 2^(levels-1) pixels a side, what its pooling needs).
+down to 2^(levels-1) pixels a side (what its pooling needs; a smaller image is an
+:class:`InputError` saying so). A frame larger than ``max_pixels`` is processed in tiles, each
+with ``margin`` pixels of context on every side, so memory stays bounded whatever the image size
+(an 8000×8000 photo runs in about the memory of a 640×640 one; ``docs/robustness.md``).
 """
 
 from __future__ import annotations
@@ -107,16 +110,33 @@ class AnonymizerPipeline:
         model: the anonymizer (eval mode is set; its parameters stop requiring gradients).
         device: where it runs; inputs are moved there and results come back to the CPU.
         batch_size: frames per forward pass (memory bound on a GPU, cache bound on a CPU).
+        max_pixels: a frame with more pixels is anonymized in tiles: the model's activations
+            take ~1 kB a pixel, so a whole 8000×8000 photo would need ~60 GB.
+        tile, margin: each tile's side and the context around it (multiples of the model's
+            :attr:`min_side`, so the tiles keep the pooling grid of the whole frame). Pixels
+            further than ``margin`` from a tile's edge see all of their receptive field, so the
+            stitched result is the whole-frame result (up to float rounding).
     """
 
     def __init__(
-        self, model: nn.Module, device: str | torch.device = "cpu", batch_size: int = 16
+        self,
+        model: nn.Module,
+        device: str | torch.device = "cpu",
+        batch_size: int = 16,
+        max_pixels: int = 1024 * 1024,
+        tile: int = 512,
+        margin: int = 64,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch size must be >= 1, got {batch_size}")
         self.device = torch.device(device)
         self.model = model.eval().requires_grad_(False).to(self.device)
         self.batch_size = batch_size
+        if tile < 1 or margin < 0 or tile % self.min_side or margin % self.min_side:
+            raise ValueError(
+                f"tile ({tile}) and margin ({margin}) must be multiples of {self.min_side}"
+            )
+        self.max_pixels, self.tile, self.margin = max_pixels, tile, margin
 
     @classmethod
     def from_checkpoint(
@@ -139,15 +159,35 @@ class AnonymizerPipeline:
             raise ValueError(
                 f"expected uint8 frames N×H×W×3, got {pixels.dtype} {tuple(pixels.shape)}"
             )
-        if min(pixels.shape[1:3]) < self.min_side:
-            raise InputError(
-                f"cannot anonymize {pixels.shape[2]}×{pixels.shape[1]} px frames: the anonymizer "
-                f"needs at least {self.min_side} px a side"
-            )
         if len(pixels) == 0:
             return pixels.clone()
+        height, width = pixels.shape[1:3]
+        if min(height, width) < self.min_side:
+            raise InputError(
+                f"cannot anonymize {width}×{height} px frames: the anonymizer needs at least "
+                f"{self.min_side} px a side"
+            )
+        if height * width > self.max_pixels:
+            out = torch.empty_like(pixels)
+            for frame, into in zip(pixels, out, strict=True):
+                self._tiled(frame, into)
+            return out
         chunks = pixels.split(self.batch_size)
         return torch.cat([anonymize_pixels(self.model, c.to(self.device)).cpu() for c in chunks])
+
+    def _tiled(self, frame: Tensor, out: Tensor) -> None:
+        """One large ``H × W × 3`` frame into ``out``, ``tile`` × ``tile`` at a time with
+        ``margin`` px of context (memory: one tile's activations, and the frame in and out)."""
+        height, width = frame.shape[:2]
+        tile, margin = self.tile, self.margin
+        for top in range(0, height, tile):
+            for left in range(0, width, tile):
+                bottom, right = min(top + tile, height), min(left + tile, width)
+                y0, x0 = max(0, top - margin), max(0, left - margin)
+                y1, x1 = min(height, bottom + margin), min(width, right + margin)
+                piece = frame[y0:y1, x0:x1].unsqueeze(0).to(self.device)
+                done = anonymize_pixels(self.model, piece)[0].cpu()
+                out[top:bottom, left:right] = done[top - y0 : bottom - y0, left - x0 : right - x0]
 
     def batched(self, items: Iterable[tuple[Key, Tensor]]) -> Iterator[tuple[list[Key], Tensor]]:
         """Anonymize uint8 ``H × W × 3`` images of any sizes, ``batch_size`` of one size at a time.
@@ -168,7 +208,9 @@ class AnonymizerPipeline:
                 yield self._run(group)
 
     def _run(self, group: list[tuple[Key, Tensor]]) -> tuple[list[Key], Tensor]:
-        return [key for key, _ in group], self.frames(torch.stack([image for _, image in group]))
+        # one image is not copied into a batch: a large photo is held once, not twice
+        images = group[0][1].unsqueeze(0) if len(group) == 1 else torch.stack([i for _, i in group])
+        return [key for key, _ in group], self.frames(images)
 
     def many(self, images: Sequence[Pixels]) -> list[Pixels]:
         """Several images of any sizes (PIL, uint8 numpy or tensor ``H × W × 3``), batched by size;

@@ -19,6 +19,7 @@ so the rows of a results table are comparable. ``results.json`` keeps the fields
 from __future__ import annotations
 
 import json
+import math
 import multiprocessing
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -414,11 +415,15 @@ def read_results(path: Path) -> tuple[list[Row], dict]:
         missing = {"method", "top1", "cmap"} - set(row)
         if missing:
             raise ValueError(f"{path}: row {i} lacks {sorted(missing)}")
-        for key in ("top1", "cmap", "mllm_calls_per_sample"):
-            value = row.get(key, 0.0)
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
+        figures = {key: row.get(key, 0.0) for key in ("top1", "cmap", "mllm_calls_per_sample")}
+        precision = row.get("attribute_precision") or {}
+        figures |= {f"attribute_precision.{k}": v for k, v in dict(precision).items()}
+        for key, value in figures.items():  # JSON reads NaN and Infinity: a number, not a figure
+            number = isinstance(value, int | float) and not isinstance(value, bool)
+            if not number or not math.isfinite(value):
                 raise ValueError(
-                    f"{path}: row {i} ({row['method']}): {key} must be a number, got {value!r}"
+                    f"{path}: row {i} ({row['method']}): {key} must be a number (finite), got "
+                    f"{value!r}"
                 )
         rows.append(Row.from_dict(row))
     return rows, {k: v for k, v in payload.items() if k != "rows"}

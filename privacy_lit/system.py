@@ -253,7 +253,8 @@ class PrivacySystem(L.LightningModule):
             return
         if not self._ledger_run_restored:
             ledger.run = self.trainer.strategy.broadcast(ledger.run)
-        directory = self.trainer.log_dir or self.trainer.default_root_dir
+        # a run without loggers has no run directory (its log_dir would be the working one)
+        directory = self.trainer.log_dir if self.trainer.loggers else None
         if self.trainer.is_global_zero and directory:
             Path(directory).mkdir(parents=True, exist_ok=True)
             pointer = {"ledger": str(ledger.path.resolve()), "run": ledger.run}
@@ -347,6 +348,10 @@ class PrivacySystem(L.LightningModule):
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
+        # samples a loader left out as unreadable (data.skip_unreadable; each one named in a
+        # warning), counted where every logger sees them
+        skipped = sum(part.get("skipped", 0) for part in batch.values() if isinstance(part, dict))
+        self.log("data/skipped", float(skipped), on_step=True, on_epoch=False)
         getattr(self, f"_{self.phase}_step")(batch)
 
     def _reconstruction_step(self, batch: dict[str, dict[str, Tensor]]) -> None:

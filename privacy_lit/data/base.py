@@ -12,6 +12,7 @@ joint module's ``root`` says otherwise) unless it is absolute.
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -25,14 +26,47 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 Role = Literal["utility", "privacy"]
 STAGES = ("train", "val", "test")
 
+log = logging.getLogger(__name__)
 
-def collate(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Tensors are stacked; anything else (questions, answer lists, names) stays a list."""
+
+def collate(samples: Sequence[dict[str, Any] | None]) -> dict[str, Any]:
+    """Tensors are stacked; anything else (questions, answer lists, names) stays a list.
+
+    Samples that :class:`SkipUnreadable` replaced by None are left out and counted in
+    ``batch["skipped"]``."""
+    present = [s for s in samples if s is not None]
+    if not present:
+        raise OSError(
+            f"all {len(samples)} samples of a batch are unreadable (each is named in a warning "
+            "above): check the dataset with `python -m privacy_lit data check`"
+        )
     batch: dict[str, Any] = {}
-    for key in samples[0]:
-        values = [s[key] for s in samples]
+    for key in present[0]:
+        values = [s[key] for s in present]
         batch[key] = default_collate(values) if isinstance(values[0], torch.Tensor) else values
+    if len(present) < len(samples):
+        batch["skipped"] = len(samples) - len(present)
     return batch
+
+
+class SkipUnreadable(Dataset):
+    """``dataset`` with its unreadable samples (a video that cannot be read in full, an image
+    that does not decode: an ``OSError`` naming the file) as None, each one logged as a warning;
+    :func:`collate` leaves them out of the batch and counts them. Without it such a sample is an
+    error that stops the run, which is the default: a skip must be asked for."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        try:
+            return self.dataset[index]
+        except OSError as error:
+            log.warning("skipping sample %d: %s", index, error)
+            return None
 
 
 def check_stage(stage: str) -> str:
@@ -212,13 +246,26 @@ def decode_budget(decode: int | None, done: int) -> bool:
     return decode is None or done < decode
 
 
+def spread(items: Sequence[Any], n: int | None) -> list[Any]:
+    """``n`` of ``items`` evenly spaced from the first to the last (all of them for None): a
+    sample of a folder reaches its end too, where a copy that stopped early breaks files."""
+    if n is None or n >= len(items):
+        return list(items)
+    if n <= 0:
+        return []
+    if n == 1:
+        return [items[0]]
+    return [items[round(i * (len(items) - 1) / (n - 1))] for i in range(n)]
+
+
 def check_videos(files: Sequence[Path], report: CheckReport, decode: int | None) -> None:
-    """Decode-check videos (at most ``decode`` of them), reporting each bad file."""
+    """Decode-check videos (``decode`` of them spread over the list; None: all), reporting each
+    bad file."""
     from tqdm import tqdm
 
     from privacy_lit.data.video import check_video
 
-    todo = list(files) if decode is None else list(files)[:decode]
+    todo = spread(list(files), decode)
     for file in tqdm(
         todo, desc="decoding videos", unit="video", leave=False, disable=len(todo) < 50
     ):
@@ -226,4 +273,4 @@ def check_videos(files: Sequence[Path], report: CheckReport, decode: int | None)
         if problem:
             report.error(file, problem)
     if len(todo) < len(files):
-        report.note(f"decoded {len(todo)} of {len(files)} videos (--decode limit)")
+        report.note(f"decoded {len(todo)} of {len(files)} videos (--sample)")

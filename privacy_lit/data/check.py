@@ -1,7 +1,7 @@
 """``data check``: validate the dataset folders a config points at, before any training.
 
     python -m privacy_lit data check --config conf/hmdb.yaml [--config overlay.yaml]
-        [--root /datasets] [--decode 200] [--data.init_args.utility.init_args.split=2 ...]
+        [--root /datasets] [--sample 200] [--data.init_args.utility.init_args.split=2 ...]
 
 The config is parsed by the very LightningCLI parser ``fit`` uses, so several ``--config`` files
 overlay each other and ``--data.*`` overrides apply exactly as they would for ``fit``; only the
@@ -18,9 +18,14 @@ and prints one line per finding, naming the file once:
 - counts (``ok`` lines): split sizes, videos left out or kept and why (PA-HMDB51 test videos left
   out of HMDB51 training, videos marked ``"review": false``, videos without a label).
 
+A data module without per-dataset checks (the synthetic benchmark) has every sample of every
+split it serves read through its datasets, as training reads them — clips decoded, videos checked
+to be whole, images decoded, labels parsed — and each unreadable one reported by name.
+
 An error that several dataset modules find (e.g. one VISPR annotation file read for VISPR1 and for
-VISPR2) is printed by the first and counted by the others. ``--decode N`` decodes at most N
-videos/images per dataset (0: none; default: all of them).
+VISPR2) is printed by the first and counted by the others. ``--sample N`` decodes N videos/images
+per dataset, spread evenly over it, for a quick look (0: none; default: every one of them);
+``--decode N`` is its older name.
 """
 
 from __future__ import annotations
@@ -31,24 +36,26 @@ from pathlib import Path
 
 from lightning.pytorch.cli import LightningArgumentParser, LightningCLI
 
-from privacy_lit.data.base import CheckReport, DatasetModule
+from privacy_lit.data.base import CheckReport, DatasetModule, spread
 from privacy_lit.data.joint import JointDataModule, PrivacyUtilityDataModule
 
 
 class DataCheckCLI(LightningCLI):
     """``fit``'s LightningCLI (:data:`privacy_lit.cli.CLI_CLASSES`, same parser, same config
     merging) that instantiates the ``data`` section only: a folder check must not build the
-    model or load a black box. Adds ``--root`` and ``--decode``."""
+    model or load a black box. Adds ``--root`` and ``--sample`` (or ``--decode``)."""
 
     def add_arguments_to_parser(self, parser: LightningArgumentParser) -> None:
         parser.add_argument(
             "--root", type=str | None, default=None, help="folder holding the dataset folders"
         )
         parser.add_argument(
+            "--sample",
             "--decode",
             type=int | None,
             default=None,
-            help="decode at most this many videos/images per dataset (0: none; default: all)",
+            help="decode this many videos/images per dataset, spread evenly over it (0: none; "
+            "default: all)",
         )
 
     def parse_arguments(self, parser: LightningArgumentParser, args: Sequence[str]) -> None:
@@ -88,17 +95,32 @@ def load_data_module(
     return data_cli(args).datamodule
 
 
-def _generic_check(module: PrivacyUtilityDataModule, report: CheckReport) -> None:
-    """Modules without per-dataset checks (e.g. the synthetic one): build and read one sample."""
-    for role in ("utility", "privacy"):
-        for stage in ("train", "test"):
+def _generic_check(
+    module: PrivacyUtilityDataModule, report: CheckReport, sample: int | None = None
+) -> None:
+    """Modules without per-dataset checks (e.g. the synthetic one): read every sample of every
+    split (``sample`` of them spread over each, with ``--sample``) as training reads it."""
+    from tqdm import tqdm
+
+    splits = [("utility", "train"), ("utility", "test"), ("privacy", "train"),
+              ("privacy", "val"), ("privacy", "test")]  # fmt: skip
+    for role, stage in splits:
+        where = f"{type(module).__name__} {role} {stage}"
+        try:
+            dataset = getattr(module, f"{role}_dataset")(stage)
+        except Exception as err:  # report whatever stops the loader
+            report.error(where, str(err))
+            continue
+        report.count(where, len(dataset), None)
+        todo = spread(range(len(dataset)), sample)
+        for index in tqdm(todo, desc=f"reading {role} {stage}", unit="sample", leave=False,
+                          disable=len(todo) < 50):  # fmt: skip
             try:
-                dataset = getattr(module, f"{role}_dataset")(stage)
-                report.count(f"{type(module).__name__} {role} {stage}", len(dataset), None)
-                if len(dataset):
-                    dataset[0]
-            except Exception as err:  # report whatever stops the loader
-                report.error(f"{type(module).__name__} {role} {stage}", str(err))
+                dataset[index]
+            except Exception as err:  # the dataset's errors name the file
+                report.error(f"{where} sample {index}", f"{type(err).__name__}: {err}")
+        if len(todo) < len(dataset):
+            report.note(f"{where}: read {len(todo)} of {len(dataset)} samples (--sample)")
 
 
 def check(
@@ -112,7 +134,7 @@ def check(
         components = [module]
     else:
         report = CheckReport()
-        _generic_check(module, report)
+        _generic_check(module, report, decode)
         return [(type(module).__name__, report)]
     done = set()
     seen_errors: set[str] = set()
@@ -161,7 +183,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as err:
         print(f"cannot load the data section of {' '.join(args)}: {err}", file=sys.stderr)
         return 2
-    module, root, decode = cli.datamodule, cli.config["root"], cli.config["decode"]
+    module, root, decode = cli.datamodule, cli.config["root"], cli.config["sample"]
     if root is not None:
         if isinstance(module, JointDataModule | DatasetModule):
             module.set_data_dir(root)

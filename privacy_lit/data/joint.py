@@ -31,7 +31,7 @@ import lightning as L
 from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
-from privacy_lit.data.base import DatasetModule, collate
+from privacy_lit.data.base import DatasetModule, SkipUnreadable, collate
 
 
 class PrivacyUtilityDataModule(L.LightningDataModule):
@@ -40,6 +40,10 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
     Stages: ``"train"`` is what the anonymizer trains on; ``"val"`` / ``"test"`` the evaluation.
     Test-time names (:attr:`test_class_names`, :attr:`test_attribute_names`) default to the
     training ones; they differ only in the novel-class / novel-attribute protocol.
+
+    ``skip_unreadable``: a training sample that cannot be read in full (a truncated video, an
+    image that does not decode) is left out of its batch, logged by name and counted
+    (``data/skipped``) instead of stopping the run with an error naming it (the default).
     """
 
     def __init__(
@@ -47,11 +51,13 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
         batch_size: int = 16,
         privacy_batch_size: int = 32,
         num_workers: int = 0,
+        skip_unreadable: bool = False,
     ):
         super().__init__()
         self.batch_size = batch_size
         self.privacy_batch_size = privacy_batch_size
         self.num_workers = num_workers
+        self.skip_unreadable = skip_unreadable
 
     @abstractmethod
     def utility_dataset(self, stage: str) -> Dataset:
@@ -91,6 +97,8 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
         return "action"
 
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
+        if shuffle and self.skip_unreadable:  # training only: evaluation must see every sample
+            dataset = SkipUnreadable(dataset)
         return DataLoader(
             dataset,
             batch_size=batch_size,
@@ -143,6 +151,7 @@ class JointDataModule(PrivacyUtilityDataModule):
         root: folder holding every dataset folder; the components' relative paths resolve
             against it (``--data.init_args.root /datasets``). None keeps each one's ``data_dir``.
         batch_size, privacy_batch_size, num_workers: the loaders'.
+        skip_unreadable: see :class:`PrivacyUtilityDataModule`.
     """
 
     def __init__(
@@ -156,8 +165,9 @@ class JointDataModule(PrivacyUtilityDataModule):
         batch_size: int = 16,
         privacy_batch_size: int = 32,
         num_workers: int = 0,
+        skip_unreadable: bool = False,
     ):
-        super().__init__(batch_size, privacy_batch_size, num_workers)
+        super().__init__(batch_size, privacy_batch_size, num_workers, skip_unreadable)
         self.utility = utility
         self.privacy = privacy if privacy is not None else utility
         self.test_utility = test_utility if test_utility is not None else utility

@@ -426,7 +426,8 @@ class SyntheticDataModule(PrivacyUtilityDataModule):
     """The embedded benchmark: HMDB51-layout clips for actions, VISPR-layout images for privacy.
 
     ``prepare_data`` generates ``root`` on first use (a few seconds); later runs reuse it as long
-    as the generator version and sizes match.
+    as the generator version and sizes match. ``skip_unreadable``: see
+    :class:`~privacy_lit.data.joint.PrivacyUtilityDataModule`.
     """
 
     def __init__(
@@ -441,8 +442,9 @@ class SyntheticDataModule(PrivacyUtilityDataModule):
         batch_size: int = 16,
         privacy_batch_size: int = 32,
         num_workers: int = 0,
+        skip_unreadable: bool = False,
     ):
-        super().__init__(batch_size, privacy_batch_size, num_workers)
+        super().__init__(batch_size, privacy_batch_size, num_workers, skip_unreadable)
         self.root = Path(root)
         sizes = {"videos_per_action": videos_per_action, "images": images}
         self.config = SyntheticConfig(seed=seed, size=size, **{k: v for k, v in sizes.items() if v})

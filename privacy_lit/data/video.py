@@ -233,15 +233,38 @@ def check_video(path: str | Path) -> str | None:
         _decode(path, sorted({0, total // 2, total - 1}))
     except OSError as err:
         return f"unreadable ({str(err.__cause__ or err).splitlines()[0][:160]})"
+    return truncation(path, total)
+
+
+def truncation(path: str | Path, decoded: int) -> str | None:
+    """Why a video of which decord finds ``decoded`` frames is not whole, or None: its container
+    header promises far more (a download or copy that stopped early still opens)."""
     capture = cv2.VideoCapture(str(path))
     header = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
     capture.release()
-    if header > 0 and total < 0.95 * header - 1:
-        return f"truncated: the header promises {header} frames, only {total} decode"
+    if header > 0 and decoded < 0.95 * header - 1:
+        return f"truncated: the header promises {header} frames, only {decoded} decode"
     return None
 
 
-class VideoClips(Dataset):
+class UnreadableVideo(OSError):
+    """A video that cannot be read in full; the message names it and says why."""
+
+
+class _WholeVideos:
+    """Checks, once per video and process, that a video read for training is whole: a truncated
+    one would otherwise give clips from its first part only, silently (``data check`` finds it
+    too, before any training)."""
+
+    def _require_whole(self, path: Path, decoded: int) -> None:
+        checked: dict[Path, str | None] = self.__dict__.setdefault("_truncation", {})
+        if path not in checked:
+            checked[path] = truncation(path, decoded)
+        if checked[path] is not None:
+            raise UnreadableVideo(f"video {path} cannot be read in full: {checked[path]}")
+
+
+class VideoClips(_WholeVideos, Dataset):
     """Clips of ``(video path, action label)`` samples as ``{"clip", "action", "index"}``.
 
     Subclasses add per-sample fields with :meth:`extras` (e.g. privacy labels of the frames the
@@ -269,12 +292,13 @@ class VideoClips(Dataset):
         path, label = self.samples[index]
         rng = sample_rng(self.seed, index, self.epoch) if self.train else None
         clip, indices, total = read_frames(path, self.spec, rng)
+        self._require_whole(path, total)
         item = {"clip": clip, "action": torch.tensor(label), "index": torch.tensor(index)}
         item.update(self.extras(index, indices, total))
         return item
 
 
-class VideoFrames(Dataset):
+class VideoFrames(_WholeVideos, Dataset):
     """Single frames of videos with privacy labels, as ``{"image", "attributes"}``.
 
     ``frames_per_video`` evaluation frames per video, at the centres of equal segments; training
@@ -309,4 +333,5 @@ class VideoFrames(Dataset):
         else:
             position = (k + 0.5) / self.per_video
             image, frame, total = read_frame(self.videos[video], position, self.spec.size)
+        self._require_whole(self.videos[video], total)
         return {"image": image, "attributes": self.labels(video, frame, total)}
