@@ -30,7 +30,6 @@ its ratio to one endpoint and its share of the ideal (endpoints × slots / laten
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Any
 
 import torch
 
+from privacy_lit.bench import write_json
 from privacy_lit.mllm.base import Request
 from privacy_lit.mllm.loopback import LoopbackProcess, LoopbackServer
 from privacy_lit.mllm.openai_backend import OpenAIChatMLLM
@@ -324,7 +324,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             args.in_process,
         )  # fmt: skip
         print(format_table(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result

@@ -25,7 +25,6 @@ import argparse
 import asyncio
 import base64
 import io
-import json
 import os
 import statistics
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 import openai
 from PIL import Image
 
+from privacy_lit.bench import write_json
 from privacy_lit.deploy import save_anonymizer
 from privacy_lit.mllm.loopback import LoopbackProcess, ServerProcess
 from privacy_lit.models.anonymizer import Anonymizer
@@ -241,7 +241,5 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         args.latency_ms, args.device,
     )  # fmt: skip
     print(format_table(result))
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
+    write_json(args.json, result)
     return result
