@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from privacy_lit.callbacks.budget import QueryBudget
+from privacy_lit.callbacks.budget import BudgetExceeded, QueryBudget
 from privacy_lit.mllm.base import Answer, BatchError, Request
 from privacy_lit.mllm.cache import LEDGER_NAME, CachedMLLM, QueryLedger
 from privacy_lit.mllm.loopback import LoopbackServer
@@ -141,3 +141,27 @@ def test_usage_prints_a_runs_calls_hits_tokens_and_dollars(
     out = capsys.readouterr().out
     assert cached.ledger.run in out and f"{cached.stats.cost_usd:.4f}" in out
     assert usage_main([str(tmp_path / "nothing")]) == 1
+
+
+def test_the_evaluation_is_under_the_same_budget(tiny: TinyBenchmark, tmp_path: Path) -> None:
+    from tests.conftest import FixedAnswerMLLM
+
+    backend = FixedAnswerMLLM()
+    mllm = CachedMLLM(backend, str(tmp_path))
+    system = PrivacySystem(mllm, reviewer_arch="resnet18", **tiny.system_args)
+    budget = QueryBudget(max_calls=10, evaluation_calls=4)
+    budget.setup(None, system, "fit")
+    mllm.answer(_requests(7))  # training: stopped between steps by the callback, not refused
+    assert budget.training_budget.reached(mllm.stats) is not None  # 7 > 10 - 4 kept
+    with mllm.counting_as("test"):
+        assert len(mllm.answer(_requests(3, seed=1))) == 3  # 10 of 10
+        assert len(mllm.answer(_requests(3, seed=1))) == 3  # cache hits are free
+        with pytest.raises(BudgetExceeded, match="1 test queries refused, query budget"):
+            mllm.answer(_requests(1, seed=2))
+    assert mllm.stats.calls == 10 == mllm.ledger.totals().calls
+    assert mllm.stats.by_stage == {"train": 7, "test": 3}
+    budget.teardown(None, system, "fit")
+    with mllm.counting_as("test"):
+        mllm.answer(_requests(1, seed=2))  # no budget callback, no cap
+    with pytest.raises(ValueError, match="evaluation_calls"):
+        QueryBudget(max_calls=10, evaluation_calls=11)

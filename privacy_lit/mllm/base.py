@@ -166,6 +166,11 @@ class BlackBoxMLLM(ABC):
     :class:`~privacy_lit.mllm.cache.CachedMLLM` keeps it beside its cache): what a resumed run's
     counts are read back from."""
 
+    query_guard: Callable[[BlackBoxMLLM, int], None] | None = None
+    """Called with the backend and the number of queries before a batch is sent (cache hits are
+    not sent); raises to refuse the batch. :class:`~privacy_lit.callbacks.budget.QueryBudget`
+    puts the evaluation under the budget with it."""
+
     def __init__(self) -> None:
         self.stats = QueryStats()
         self.stage = "train"
@@ -216,23 +221,26 @@ class BlackBoxMLLM(ABC):
         and handing over the requests that were answered, since those were sent (and billed)."""
         if not requests:
             return []
+        if self.query_guard is not None:
+            self.query_guard(self, len(requests))
         self._on_answer, self._delivered = on_answer, set()
         try:
-            answers = self._answer(list(requests))
-        except BatchError as error:
-            error.answers = [None if a is None else sanitized(a) for a in error.answers]
-            self._deliver_rest(error.answers)
-            self.count_calls(sum(a is not None for a in error.answers))
-            self.stats.failed += len(error.failures)
-            raise
+            try:
+                answers = self._answer(list(requests))
+            except BatchError as error:
+                error.answers = [None if a is None else sanitized(a) for a in error.answers]
+                self._deliver_rest(error.answers)
+                self.count_calls(sum(a is not None for a in error.answers))
+                self.stats.failed += len(error.failures)
+                raise
+            if len(answers) != len(requests):
+                raise RuntimeError(
+                    f"backend returned {len(answers)} answers for {len(requests)} requests"
+                )
+            answers = [sanitized(a) for a in answers]
+            self._deliver_rest(answers)
         finally:
             self._on_answer = None
-        if len(answers) != len(requests):
-            raise RuntimeError(
-                f"backend returned {len(answers)} answers for {len(requests)} requests"
-            )
-        answers = [sanitized(a) for a in answers]
-        self._deliver_rest(answers)
         self.count_calls(len(requests))
         return answers
 
