@@ -14,6 +14,9 @@ phase resumes where it stopped:
 
 Only the anonymizer head (``Anonymizer.trainable_parameters``) is perturbed and updated in phase 3.
 The black box is reached only through :class:`privacy_lit.mllm.BlackBoxMLLM` with uint8 pixels.
+What it is sent are the *training* inputs through the current anonymizer, which starts as the
+identity: every step logs how close they are to the raw inputs (``blackbox/psnr_median``,
+``blackbox/ssim_median``), so a run on private data shows what left the machine.
 
 Under Lightning's DDP strategy (``conf/ddp.yaml``) every rank evaluates its own shard of the batch
 and the step is taken on the global batch: the black-box losses, h_k, L_P and a proxy's prior are
@@ -36,6 +39,10 @@ from torch import Tensor
 from torch.nn import functional as F
 from torch.nn.parallel import DistributedDataParallel
 from torchmetrics.classification import MulticlassAccuracy, MultilabelAveragePrecision
+from torchmetrics.functional.image import (
+    peak_signal_noise_ratio,
+    structural_similarity_index_measure,
+)
 
 from privacy_lit.metrics import VQAAccuracy
 from privacy_lit.mllm.base import FAILED, Answer, BatchError, BlackBoxMLLM, QueryStats, Request
@@ -62,6 +69,10 @@ from privacy_lit.zo.spsa import (
     flat_gradient,
     flat_parameters,
 )
+
+
+PSNR_IDENTICAL = 100.0
+"""The PSNR (dB) reported for a frame sent exactly as it was (the true value is infinite)."""
 
 
 class PrivacySystem(L.LightningModule):
@@ -185,6 +196,7 @@ class PrivacySystem(L.LightningModule):
         self.utility_task = "action"
         self.val_top1: MulticlassAccuracy | VQAAccuracy | None = None
         self.val_cmap = MultilabelAveragePrecision(num_attributes, average="macro")
+        self._sent_fidelity: dict[str, list[Tensor]] = {"psnr": [], "ssim": []}
         self.answer_counts = {"failed": 0, "overlong": 0}
         """Answers of every query so far that failed (scored as blind guesses) or were cut."""
         self._ledger_run_restored = False
@@ -338,6 +350,7 @@ class PrivacySystem(L.LightningModule):
                 for theta in points:
                     with assigned(params, theta):
                         pixels = to_uint8(self.anonymizer.decode(frames, features))
+                    self._measure_sent(pixels, frames)
                     anonymized += self._requests_of(pixels.reshape(b, t, *pixels.shape[1:]))
             answers = self._ask(anonymized, self._prompts(utility) * len(points))
             return [
@@ -345,6 +358,18 @@ class PrivacySystem(L.LightningModule):
             ]
 
         return evaluate
+
+    def _measure_sent(self, sent: Tensor, raw: Tensor) -> None:
+        """How close the frames sent to the black box (uint8 ``N × H × W × 3``) are to the raw
+        inputs (float ``N × 3 × H × W``): per-frame PSNR (dB, identical frames count as
+        :data:`PSNR_IDENTICAL`) and SSIM, kept for the step's ``blackbox/`` figures. For VQA
+        data the frame sent is the image; for clips, every frame (even where a backend sends
+        only some of them)."""
+        sent = to_float(sent).to(raw)
+        psnr = peak_signal_noise_ratio(sent, raw, data_range=1.0, reduction="none", dim=(1, 2, 3))
+        ssim = structural_similarity_index_measure(sent, raw, data_range=1.0, reduction="none")
+        self._sent_fidelity["psnr"].append(psnr.nan_to_num(posinf=PSNR_IDENTICAL).cpu())
+        self._sent_fidelity["ssim"].append(ssim.cpu())
 
     # ----------------------------------------------------------------------------- training
     def training_step(self, batch: dict[str, dict[str, Tensor]], batch_idx: int) -> None:
@@ -409,6 +434,7 @@ class PrivacySystem(L.LightningModule):
             proxy_loss = self.proxy.loss(frames.reshape(*clips.shape[:2], *frames.shape[1:]),
                                          utility)  # fmt: skip
             prior = shard_mean(flat_gradient(proxy_loss, params), len(clips))
+        self._sent_fidelity = {"psnr": [], "ssim": []}
         evaluate = sharded(
             self._black_box_objective(utility, clips.shape[:2], clip_frames, clip_features),
             len(clips),
@@ -464,6 +490,12 @@ class PrivacySystem(L.LightningModule):
                 "zo/step_norm": float(step.norm()),
                 "zo/queries": float(estimate.queries),
                 **{f"zo/{key}": float(value) for key, value in estimate.info.items()},
+                # what the black box saw: the images sent, against the raw training inputs
+                **{
+                    f"blackbox/{name}_median": float(torch.cat(values).median())
+                    for name, values in self._sent_fidelity.items()
+                    if values
+                },
             }
         )
         # every rank counts the queries of its own shard: the run's total is their sum

@@ -184,4 +184,8 @@ def test_awkward_answers_are_counted_per_step_in_every_logger(
         assert {k: float(row[f"mllm/{k}"]) for k in ("empty", "refusals", "overlong", "failed")} \
             == {"empty": 2.0, "refusals": 2.0, "overlong": 2.0, "failed": 2.0}  # fmt: skip
         assert math.isfinite(float(row["train/utility_loss"]))
+        # what the black box saw: the anonymizer starts as the identity, so the images sent
+        # are the raw training frames but for rounding
+        assert float(row["blackbox/psnr_median"]) > 40
+        assert float(row["blackbox/ssim_median"]) > 0.99
     assert mllm.stats.failed == 4 and mllm.stats.calls == 12
