@@ -79,6 +79,7 @@ def test_an_unreadable_entry_is_a_miss(tmp_path: Path, caplog: pytest.LogCapture
     assert "unreadable" in caplog.text
 
 
+@pytest.mark.slow  # spawns worker processes (each imports torch)
 def test_reviewers_in_worker_processes_give_the_rows_of_one_worker(tiny_root: Path):
     """The figures depend on the one thread a worker uses, not on how many workers run."""
     data = SyntheticDataModule(str(tiny_root), videos_per_action=TINY_VIDEOS, images=TINY_IMAGES)
