@@ -17,7 +17,8 @@ no black box, no reviewer, no data. The anonymizer is fully convolutional, so an
 down to 2^(levels-1) pixels a side (what its pooling needs; a smaller image is an
 :class:`InputError` saying so). A frame larger than ``max_pixels`` is processed in tiles, each
 with ``margin`` pixels of context on every side, so memory stays bounded whatever the image size
-(an 8000×8000 photo runs in about the memory of a 640×640 one; ``docs/robustness.md``).
+(an 8000×8000 photo needs the memory of a 512×512 one plus the photo in and out, 2 × 192 MB;
+``docs/robustness.md``).
 """
 
 from __future__ import annotations
@@ -124,7 +125,7 @@ class AnonymizerPipeline:
         device: str | torch.device = "cpu",
         batch_size: int = 16,
         max_pixels: int = 1024 * 1024,
-        tile: int = 512,
+        tile: int = 384,
         margin: int = 64,
     ) -> None:
         if batch_size < 1:

@@ -28,12 +28,14 @@ rank; the reviewer's update goes through ``manual_backward``, whose gradients DD
 from __future__ import annotations
 
 import json
+import random
 from collections.abc import Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
 from torch import Tensor
 from torch.nn import functional as F
@@ -44,6 +46,7 @@ from torchmetrics.functional.image import (
     structural_similarity_index_measure,
 )
 
+from privacy_lit.callbacks.resume import ResumeCheckpoint
 from privacy_lit.metrics import VQAAccuracy
 from privacy_lit.mllm.base import FAILED, Answer, BatchError, BlackBoxMLLM, QueryStats, Request
 from privacy_lit.models.anonymizer import Anonymizer, anonymize_pixels, to_float, to_uint8
@@ -69,7 +72,6 @@ from privacy_lit.zo.spsa import (
     flat_gradient,
     flat_parameters,
 )
-
 
 PSNR_IDENTICAL = 100.0
 """The PSNR (dB) reported for a frame sent exactly as it was (the true value is infinite)."""
@@ -118,6 +120,10 @@ class PrivacySystem(L.LightningModule):
             error, a malformed reply) is scored as a blind guess and counted (``mllm/failed``);
             a batch in which more than this fraction failed stops the run instead, since its
             step would follow noise (a server that is down, a wrong URL).
+        checkpoint_every_n_steps: write ``checkpoints/resume.ckpt`` every this many training
+            steps and on SIGTERM / SIGINT (:class:`~privacy_lit.callbacks.resume.
+            ResumeCheckpoint`), so a killed run resumed with ``--ckpt_path`` loses at most this
+            many steps and re-asks nothing it paid for; None: epoch-end checkpoints only.
     """
 
     def __init__(
@@ -158,6 +164,7 @@ class PrivacySystem(L.LightningModule):
         estimator: GradientEstimator | None = None,
         proxy: UtilityProxy | None = None,
         max_failed_fraction: float = 0.5,
+        checkpoint_every_n_steps: int | None = 10,
     ):
         super().__init__()
         if num_perturbations < 1:
@@ -271,6 +278,10 @@ class PrivacySystem(L.LightningModule):
             Path(directory).mkdir(parents=True, exist_ok=True)
             pointer = {"ledger": str(ledger.path.resolve()), "run": ledger.run}
             (Path(directory) / "ledger.json").write_text(json.dumps(pointer, indent=1))
+
+    def configure_callbacks(self) -> list[L.Callback]:
+        every = self.hparams.checkpoint_every_n_steps
+        return [] if every is None else [ResumeCheckpoint(every)]
 
     def configure_optimizers(self) -> list[torch.optim.Optimizer]:
         return [
@@ -566,6 +577,9 @@ class PrivacySystem(L.LightningModule):
             "scalarizer": self.scalarizer.state_dict(),
             "mllm_stats": asdict(self.mllm.stats),
             "ledger_run": None if self.mllm.ledger is None else self.mllm.ledger.run,
+            # what the next steps draw from (the order of the next passes over the data):
+            # restored, a resumed run draws what the uninterrupted one would have
+            "rng": _rng_states(),
         }
         if world_size() > 1:  # every rank calls this; rank 0 writes the file
             ranks: list[Any] = [None] * world_size()
@@ -577,6 +591,8 @@ class PrivacySystem(L.LightningModule):
         if state is None:
             return
         self.zo_step = state["step"]
+        if "rng" in state:
+            _set_rng_states(state["rng"])
         saved_class = state.get("estimator_class", "HistoryEnhanced")
         if saved_class == type(self.estimator).__qualname__:
             self.estimator.load_state_dict(state["estimator"])
@@ -614,6 +630,30 @@ class PrivacySystem(L.LightningModule):
         counted = ledger.totals(ledger.run, rank if same else None)
         counted.failed, counted.by_endpoint = saved.failed, saved.by_endpoint
         return counted
+
+
+def _rng_states() -> dict[str, Any]:
+    """torch's, numpy's and Python's global generators (numpy's as a tensor: checkpoints load
+    with ``weights_only``)."""
+    kind, keys, position, has_gauss, gauss = np.random.get_state()
+    states: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": (kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, gauss),
+        "python": random.getstate(),
+    }
+    if torch.cuda.is_available():
+        states["cuda"] = torch.cuda.get_rng_state_all()
+    return states
+
+
+def _set_rng_states(states: dict[str, Any]) -> None:
+    torch.set_rng_state(states["torch"])
+    kind, keys, position, has_gauss, gauss = states["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, gauss))
+    version, internal, gauss_next = states["python"]
+    random.setstate((version, tuple(internal), gauss_next))
+    if "cuda" in states and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(states["cuda"])
 
 
 def _summed(stats: Sequence[QueryStats]) -> QueryStats:

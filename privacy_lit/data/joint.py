@@ -32,6 +32,7 @@ from lightning.pytorch.utilities import CombinedLoader
 from torch.utils.data import DataLoader, Dataset
 
 from privacy_lit.data.base import DatasetModule, SkipUnreadable, collate
+from privacy_lit.data.resumable import ResumableLoader
 
 
 class PrivacyUtilityDataModule(L.LightningDataModule):
@@ -99,15 +100,18 @@ class PrivacyUtilityDataModule(L.LightningDataModule):
     def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
         if shuffle and self.skip_unreadable:  # training only: evaluation must see every sample
             dataset = SkipUnreadable(dataset)
-        return DataLoader(
-            dataset,
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            persistent_workers=self.num_workers > 0,
-            drop_last=shuffle,
-            collate_fn=collate,
-        )
+        settings = {
+            "batch_size": batch_size,
+            "num_workers": self.num_workers,
+            "persistent_workers": self.num_workers > 0,
+            "drop_last": shuffle,
+            "collate_fn": collate,
+        }
+        if shuffle:
+            # a checkpoint taken mid-epoch puts it back where it was (the same order, the same
+            # next batch): a resumed run asks the black box what the uninterrupted one would
+            return ResumableLoader(dataset, **settings)
+        return DataLoader(dataset, shuffle=shuffle, **settings)
 
     def train_dataloader(self) -> CombinedLoader:
         return CombinedLoader(

@@ -121,6 +121,9 @@ class LoopbackServer:
         self.bodies: list[bytes] = []
         """The raw body of every POST that arrived, in arrival order: what a test checks a
         client (or a proxy in front of this server) actually sent."""
+        self.outcomes: list[tuple[str, str]] = []
+        """(SHA-256 of the body, action) of every chat-completions request, in arrival order:
+        which requests were answered (``"ok"`` or an odd answer) and which got a fault."""
         self._httpd = _Server(("127.0.0.1", port), _Handler)
         self._httpd.loopback = self
         self._thread: threading.Thread | None = None
@@ -268,6 +271,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._send_json(400, {"error": {"message": f"bad request: {error}"}})
             return
         action = server._arrive(text)
+        with server._lock:
+            server.outcomes.append((hashlib.sha256(body).hexdigest(), action))
         try:
             with server._lock:
                 server.authorizations.add(self.headers.get("Authorization", ""))
