@@ -34,7 +34,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 class ResumeCheckpoint(Checkpoint):
     """Save ``checkpoints/resume.ckpt`` every ``every_n_steps`` training steps and on SIGTERM or
-    SIGINT (then stop); removed when training ends normally.
+    SIGINT (then stop); removed when training ends normally. Off where the trainer's
+    checkpointing is (``enable_checkpointing=False``).
 
     Args:
         every_n_steps: training steps between two checkpoints (every phase counts; in the
@@ -51,12 +52,16 @@ class ResumeCheckpoint(Checkpoint):
         self.on_signal = on_signal
         self.filename = filename
         self.path: Path | None = None
+        self.enabled = True
         self.saved_step: int | None = None
         self._signal: int | None = None
         self._previous_handler: Any = None
 
     # ------------------------------------------------------------------ saving
     def setup(self, trainer: L.Trainer, pl_module: L.LightningModule, stage: str) -> None:
+        # a trainer with checkpointing off (enable_checkpointing=False) has no other checkpoint
+        # callback: then this one does nothing either
+        self.enabled = any(isinstance(c, Checkpoint) and c is not self for c in trainer.callbacks)
         directory = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
         self.path = Path(trainer.strategy.broadcast(str(directory / self.filename)))
 
@@ -78,7 +83,7 @@ class ResumeCheckpoint(Checkpoint):
         batch: Any,
         batch_idx: int,
     ) -> None:
-        if trainer.sanity_checking:
+        if trainer.sanity_checking or not self.enabled:
             return
         asked = self._signal or (signal.SIGTERM if trainer.received_sigterm else None)
         stop = self.on_signal and trainer.strategy.reduce_boolean_decision(
@@ -102,7 +107,8 @@ class ResumeCheckpoint(Checkpoint):
     # ------------------------------------------------------------------ signals
     def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         self._signal = None
-        if self.on_signal and threading.current_thread() is threading.main_thread():
+        main_thread = threading.current_thread() is threading.main_thread()
+        if self.enabled and self.on_signal and main_thread:
             self._previous_handler = signal.signal(signal.SIGINT, self._on_sigint)
 
     def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
