@@ -179,14 +179,6 @@ def fresh_reviewer_scores(
     return PrivacyScores(float(cmap.compute()), precision.as_dict(precision.compute()))
 
 
-def _reviewer_job(
-    train_images: Tensor, test_images: Tensor, train_labels: Tensor, test_labels: Tensor,
-    arch: str, epochs: int, seed: int, kwargs: dict[str, Any],
-) -> PrivacyScores:  # fmt: skip
-    return fresh_reviewer_scores(train_images, train_labels, test_images, test_labels, arch,
-                                 epochs, seed, **kwargs)  # fmt: skip
-
-
 def _one_thread() -> None:
     torch.set_num_threads(1)
 
@@ -289,7 +281,7 @@ def evaluate(
         "reviewer_data": tensor_digest(train_images, train_labels, test_images, test_labels),
     } if cache is not None and cache_keys else {}  # fmt: skip
     label = "VQA accuracy" if task == "vqa" else "top-1"
-    reviewer_args = (train_labels, test_labels, reviewer_arch, reviewer_epochs, seed)
+    reviewer_args = (reviewer_arch, reviewer_epochs, seed)
     pool = _reviewer_pool(reviewer_processes)
     pending: list[tuple[Row, Future | PrivacyScores | None, str | None]] = []
     rows: list[Row] = []
@@ -331,12 +323,12 @@ def evaluate(
                     anonymizer = anonymizer()
                 anonymizer = anonymizer.eval()
                 score = utility(anonymizer)
-                job = (_apply(anonymizer, train_images), _apply(anonymizer, test_images))
-                kwargs = {"desc": name, "names": names}
+                job = (_apply(anonymizer, train_images), train_labels,
+                       _apply(anonymizer, test_images), test_labels, *reviewer_args)  # fmt: skip
                 privacy = (
-                    pool.submit(_reviewer_job, *job, *reviewer_args, kwargs)
+                    pool.submit(fresh_reviewer_scores, *job, desc=name, names=names)
                     if pool is not None
-                    else _reviewer_job(*job, *reviewer_args, kwargs)
+                    else fresh_reviewer_scores(*job, desc=name, names=names)
                 )
                 pending.append((Row(name, score, 0.0, calls, {}, metric), privacy, key))
             finish(block=False)

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from privacy_lit.analysis.pareto import flatten
 from privacy_lit.evaluation import Row, utility_header
 
 SEED_KEYS = ("seed_everything",)
@@ -134,19 +135,8 @@ def format_spread_table(rows: Sequence[SpreadRow]) -> str:
     return "\n".join(lines)
 
 
-def _flatten(mapping: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping) and value:
-            flat |= _flatten(value, f"{name}.")
-        else:
-            flat[name] = value
-    return flat
-
-
 def _comparable(config: Mapping[str, Any]) -> dict[str, Any]:
-    flat = _flatten(config)
+    flat = flatten(config)
     skip = SEED_KEYS + RUN_KEYS
     return {k: v for k, v in flat.items() if not any(k == s or k.startswith(f"{s}.") for s in skip)}
 
