@@ -19,8 +19,10 @@ Reported per estimator (mean over seeds; each seed's figures in ``--json``):
   a result a user could keep, so it does not count;
 - final black-box loss and top-1 on the clips;
 - gradient-estimate variance over the run (mean per-coordinate variance of the followed estimates,
-  Fig. A1) and their mean cosine with the *white-box* gradient — the gradient of the stand-in
-  recognizer's cross-entropy on the un-quantized anonymized clips, which the black box hides;
+  Fig. A1) and their median cosine with the *white-box* gradient — the gradient of the stand-in
+  recognizer's cross-entropy on the un-quantized anonymized clips, which the black box hides —
+  over every 4th estimate that has a direction (an all-zero estimate has no cosine; how many
+  there were is the next column);
 - the share of *flat* estimates: steps whose two-point differences were all exactly zero because
   no answer changed. Answers are text, so the black-box loss is piecewise constant in θ; a flat
   step moves nothing for plain SPSA, while critical history still moves along its stored prior.
@@ -175,6 +177,10 @@ class WhiteBox(GradientEstimator):
         return Estimate(gradient, evaluate([theta])[0], queries=1)
 
 
+NORMALIZED_GAINS = GainSchedule(a=0.05, a_decay=0.4, c=0.005, c_decay=0.2)
+"""Normalized prior-guided steps: ``a`` is the first step's length in parameter space (how it was
+chosen, on a task seed outside the bench's: docs/estimators.md)."""
+
 PAPER = "ours (critical history)"
 """The paper's estimator's row name (the ratios in the table are against plain SPSA)."""
 
@@ -205,6 +211,9 @@ def methods(task: HeadTask, seed: int) -> dict[str, tuple[GradientEstimator, Gai
     }  # fmt: skip
     if task.proxy is not None:
         rows["prior-guided (proxy)"] = (PriorGuided(seed=seed), projected)
+        rows["prior-guided (proxy, normalized)"] = (
+            PriorGuided(normalize=True, seed=seed), NORMALIZED_GAINS
+        )
         rows["prior-guided (proxy + 1 random)"] = (PriorGuided(num_random=1, seed=seed), projected)
     return rows
 
@@ -219,7 +228,7 @@ def _run(
     objective = CountingObjective(task.losses)
     theta, curve, gradients, cosines, flat = task.start.clone(), [], [], [], []
     start = time.perf_counter()
-    k = 0
+    k = measurable = 0
     while objective.evaluations < budget:
         at = theta
         prior = task.prior(theta) if estimator.needs_prior else None
@@ -230,7 +239,10 @@ def _run(
             continue  # CMA-ES has no gradient estimate; the white box's is the reference
         gradients.append(estimate.direction.detach().clone())
         flat.append(float(not estimate.raw.any()))
-        if len(gradients) % cosine_every == 1:
+        if not gradients[-1].any():
+            continue  # a zero estimate has no direction: its cosine is undefined, not 0
+        measurable += 1
+        if measurable % cosine_every == 1:
             true = task.true_gradient(at)  # at the point the estimate was taken
             cosines.append(float(F.cosine_similarity(gradients[-1], true, dim=0)))
     variance = float(torch.stack(gradients).var(0).mean()) if len(gradients) > 1 else math.nan

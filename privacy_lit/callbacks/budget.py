@@ -144,7 +144,7 @@ class QueryBudget(L.Callback):
         trainer.should_stop = True
         directory = Path(trainer.log_dir or trainer.default_root_dir) / "checkpoints"
         self.checkpoint_path = directory / self.filename
-        trainer.save_checkpoint(self.checkpoint_path)  # on every rank: it is a collective call
+        trainer.save_checkpoint(self.checkpoint_path, weights_only=False)  # collective: every rank
         pl_module.print(
             f"stopping after step {trainer.global_step}: {self.stop_reason}; "
             f"checkpoint {self.checkpoint_path}"

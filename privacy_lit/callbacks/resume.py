@@ -69,7 +69,7 @@ class ResumeCheckpoint(Checkpoint):
         """Write the checkpoint atomically (every rank calls this: saving is collective)."""
         assert self.path is not None
         partial = self.path.with_name(f".{self.path.name}.partial")
-        trainer.save_checkpoint(partial)
+        trainer.save_checkpoint(partial, weights_only=False)  # optimizer and loop states too
         if trainer.is_global_zero:
             os.replace(partial, self.path)
         trainer.strategy.barrier("resume checkpoint")
