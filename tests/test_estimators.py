@@ -44,6 +44,7 @@ ESTIMATORS = {  # name: (make, gains, queries per step)
     "prior-guided+history": (lambda: zo.HistoryEnhanced(zo.PriorGuided()), PROJECTED, 2),
     "prior-guided normalized": (lambda: zo.PriorGuided(normalize=True),
                                 GainSchedule(a=0.2, a_decay=0.5, c=0.01, c_decay=0.0), 2),
+    "prior-guided search": (lambda: zo.PriorGuidedSearch(), PROJECTED, 3),
 }  # fmt: skip
 
 
@@ -151,6 +152,46 @@ def test_normalized_prior_guided_steps_a_unit_length_along_the_measured_gradient
         theta, lambda points: [1.0] * len(points), zo.StepContext(0, 0.01, prior=g)
     )
     assert torch.equal(flat.direction, torch.zeros_like(theta))  # no answer moved: no step
+
+
+def test_prior_guided_search_steps_onto_the_lowest_probe_and_reads_the_centre() -> None:
+    theta = torch.zeros(10, dtype=torch.float64)
+    g = G.double()
+    u = g / g.norm()
+    search = zo.PriorGuidedSearch(radius=4.0)
+    context = zo.StepContext(0, c_k=0.01, a_k=0.5, prior=-3.0 * g)  # its sign is not trusted
+    estimate = search.estimate(theta, linear(g), context)
+    assert torch.allclose(theta - context.a_k * estimate.direction, -0.04 * u, atol=1e-12)
+    assert estimate.loss == 3.0 and estimate.queries == 3  # L(θ) itself, exactly
+
+
+def test_prior_guided_search_narrows_where_the_centre_is_lowest_and_widens_back() -> None:
+    g = G.double()
+    valley = lambda points: [abs(float(g @ theta)) for theta in points]  # noqa: E731
+    search = zo.PriorGuidedSearch(radius=4.0, min_scale=1 / 4)
+    theta = torch.zeros(10, dtype=torch.float64)  # the bottom of the valley
+    for expected in (0.5, 0.25, 0.25):  # halves, down to min_scale
+        estimate = search.estimate(theta, valley, zo.StepContext(0, 0.01, 1.0, prior=g))
+        assert not estimate.direction.any() and search.scale == expected
+    state = search.state_dict()
+    moved = theta + 0.5 * g / g.norm()
+    search.estimate(moved, valley, zo.StepContext(1, 0.01, 1.0, prior=g))
+    assert search.scale == 0.5  # a step that gained doubles the scale
+    restored = zo.PriorGuidedSearch(radius=4.0, min_scale=1 / 4)
+    restored.load_state_dict(state)
+    assert restored.scale == 0.25
+
+
+def test_prior_guided_search_descends_a_loss_that_moves_in_steps() -> None:
+    """A text answer's loss: piecewise constant, so two-point slopes over c_k are mostly zero."""
+    g = G.double()
+    staircase = lambda points: [float(torch.floor(10 * (g @ t))) / 10 for t in points]  # noqa: E731
+    theta = torch.ones(10, dtype=torch.float64)
+    search = zo.PriorGuidedSearch()
+    for k in range(10):
+        estimate = search.estimate(theta, staircase, zo.StepContext(k, 0.01, 1.0, prior=g))
+        theta = theta - estimate.direction
+    assert staircase([theta])[0] <= staircase([torch.ones(10, dtype=torch.float64)])[0] - 1.0
 
 
 def test_projection_estimates_always_point_downhill_on_a_linear_function() -> None:

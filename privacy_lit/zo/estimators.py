@@ -21,7 +21,8 @@ built from a few random directions has cosine ~√(q/p) with it. Two ways out:
 
 - *add information*: :class:`PriorGuided` measures the black box's derivative along the gradient
   of a local differentiable proxy (PRGF, Cheng et al. 2019; Guided ES, Maheswaranathan et al.
-  2019) and along random directions orthogonal to it; :class:`QueriedHistory` spends one
+  2019) and along random directions orthogonal to it, and :class:`PriorGuidedSearch` searches
+  along that gradient by comparing losses (Golovin et al. 2020); :class:`QueriedHistory` spends one
   antithetic pair on the previous step's direction and *measures* its coefficient (Meier et al.
   2019) instead of assuming it as Eq. 9 does;
 - *shrink the search space*: :class:`SubspaceSPSA` perturbs in a seeded random subspace of
@@ -421,6 +422,56 @@ def _prior_quality(slopes: list[float], guided: int, p: int) -> float:
         return math.nan
     norm_sq = sum(s * s for s in slopes[:guided]) + (p - guided) * _mean([s * s for s in random])
     return slopes[0] / math.sqrt(norm_sq) if norm_sq > 0 else 0.0
+
+
+class PriorGuidedSearch(GradientEstimator):
+    """A comparison search along the proxy's gradient (Gradientless Descent, Golovin et al. 2020,
+    with PRGF's prior as its direction): 3 queries per step, at θ and θ ± r·u with u the unit
+    prior and r = ``scale``·``radius``·c_k.
+
+    A text answer's loss is piecewise constant, so a slope measured over r is a jump or nothing;
+    but *which* of three points reads the lowest loss is information that needs no slope. The step
+    goes to the lowest probe (``direction`` = (θ − probe)/a_k, as CMA-ES's does, so the loop's
+    θ ← θ − a_k·direction lands on it); where θ itself reads lowest (ties included: nothing is
+    gained by moving) there is no step and ``scale`` halves, because the valley θ sits in is
+    narrower than r; after a step that gained, ``scale`` doubles back, up to 1. ``L(θ_k)`` is read
+    exactly (the centre query). The scale is the estimator's state (resume restores it).
+    """
+
+    needs_prior = True
+
+    def __init__(self, radius: float = 16.0, min_scale: float = 1 / 64):
+        if radius <= 0 or not 0 < min_scale <= 1:
+            raise ValueError(f"need radius > 0 and 0 < min_scale <= 1, got {radius}, {min_scale}")
+        self.radius, self.min_scale = radius, min_scale
+        self.scale = 1.0
+
+    def estimate(self, theta: Tensor, evaluate: Evaluate, context: StepContext) -> Estimate:
+        if context.prior is None:
+            raise ValueError("PriorGuidedSearch needs context.prior (a proxy)")
+        if context.a_k <= 0:
+            raise ValueError(f"PriorGuidedSearch needs a step size a_k > 0, got {context.a_k}")
+        prior = context.prior.reshape(-1).to(theta)
+        norm = float(prior.norm())
+        if norm == 0:  # no direction to search along; L(θ_k) still read
+            return Estimate(torch.zeros_like(theta), _checked(evaluate([theta]), 1)[0], queries=1)
+        step = self.scale * self.radius * context.c_k * (prior / norm)
+        points = [theta, theta + step, theta - step]
+        losses = _checked(evaluate(points), 3)
+        best = min(range(3), key=lambda i: (losses[i], i))  # the centre wins ties
+        if best == 0:
+            self.scale = max(self.min_scale, self.scale / 2)
+            direction = torch.zeros_like(theta)
+        else:
+            self.scale = min(1.0, self.scale * 2)
+            direction = (theta - points[best]) / context.a_k
+        return Estimate(direction, losses[0], queries=3, info={"search_scale": self.scale})
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"scale": self.scale}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.scale = float(state["scale"])
 
 
 class QueriedHistory(PriorGuided):
