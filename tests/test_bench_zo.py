@@ -28,8 +28,8 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     assert [r.method for r in rows] == [
         "white-box", "ours (critical history)", "SPSA", "SPSA-GC", "NES", "RL (REINFORCE)",
         "CMA-ES (separable)", "queried history", "subspace SPSA (d=256)",
-        "subspace CMA-ES (d=256)", "prior-guided (proxy)", "prior-guided (proxy, normalized)",
-        "prior-guided search (proxy)", "prior-guided (proxy + 1 random)",
+        "subspace CMA-ES (d=256)", "prior-guided (proxy)", "prior-guided search (proxy)",
+        "prior-guided (proxy + 1 random)",
     ]  # fmt: skip
     assert meta["parameters"] == 9067 and meta["budget"] == 8 and meta["clips"] == 2
     for best, target, half, start in zip(

@@ -42,8 +42,6 @@ ESTIMATORS = {  # name: (make, gains, queries per step)
     "queried history": (lambda: zo.QueriedHistory(num_random=1), PROJECTED, 4),
     "prior-guided": (lambda: zo.PriorGuided(num_random=1), PROJECTED, 4),
     "prior-guided+history": (lambda: zo.HistoryEnhanced(zo.PriorGuided()), PROJECTED, 2),
-    "prior-guided normalized": (lambda: zo.PriorGuided(normalize=True),
-                                GainSchedule(a=0.2, a_decay=0.5, c=0.01, c_decay=0.0), 2),
     "prior-guided search": (lambda: zo.PriorGuidedSearch(), PROJECTED, 3),
 }  # fmt: skip
 
@@ -138,20 +136,6 @@ def test_prior_guided_measures_a_wrong_prior_and_follows_it_only_as_far_as_it_ho
     assert float(useless.direction.norm()) < 1e-9  # a useless prior costs 2 queries, no step
     flipped = zo.PriorGuided().estimate(theta, linear(g), zo.StepContext(0, 0.01, prior=-g))
     assert torch.allclose(flipped.direction, g, atol=1e-9)  # its sign is measured, not assumed
-
-
-def test_normalized_prior_guided_steps_a_unit_length_along_the_measured_gradient() -> None:
-    theta = torch.zeros(10, dtype=torch.float64)
-    g = G.double()
-    for scale in (1e-3, 1.0, 1e3):  # the step's length does not follow the slopes' size
-        estimate = zo.PriorGuided(normalize=True).estimate(
-            theta, linear(scale * g), zo.StepContext(0, 0.01, prior=-g)
-        )
-        assert torch.allclose(estimate.direction, g / g.norm(), atol=1e-9)
-    flat = zo.PriorGuided(normalize=True).estimate(
-        theta, lambda points: [1.0] * len(points), zo.StepContext(0, 0.01, prior=g)
-    )
-    assert torch.equal(flat.direction, torch.zeros_like(theta))  # no answer moved: no step
 
 
 def test_prior_guided_search_steps_onto_the_lowest_probe_and_reads_the_centre() -> None:

@@ -179,11 +179,6 @@ class WhiteBox(GradientEstimator):
         return Estimate(gradient, evaluate([theta])[0], queries=1)
 
 
-NORMALIZED_GAINS = GainSchedule(a=0.08, a_decay=0.2, c=0.005, c_decay=0.2)
-"""Normalized prior-guided steps of length a_k = 16·c_k, the probes' radius: with the prior alone
-measured, each step lands on the probe that read the lower loss (a tie: no step). Chosen on a
-task seed outside the bench's (docs/estimators.md)."""
-
 PAPER = "ours (critical history)"
 """The paper's estimator's row name (the ratios in the table are against plain SPSA)."""
 
@@ -214,10 +209,6 @@ def methods(task: HeadTask, seed: int) -> dict[str, tuple[GradientEstimator, Gai
     }  # fmt: skip
     if task.proxy is not None:
         rows["prior-guided (proxy)"] = (PriorGuided(seed=seed), projected)
-        rows["prior-guided (proxy, normalized)"] = (
-            PriorGuided(normalize=True, seed=seed),
-            NORMALIZED_GAINS,
-        )
         # the search lands on a probe whatever a_k is: its gains set only c_k (the radius)
         rows["prior-guided search (proxy)"] = (PriorGuidedSearch(), projected)
         rows["prior-guided (proxy + 1 random)"] = (PriorGuided(num_random=1, seed=seed), projected)

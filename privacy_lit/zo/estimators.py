@@ -344,12 +344,6 @@ class PriorGuided(GradientEstimator):
     of 2 queries. Its measured quality — the estimated cosine of the prior with the gradient,
     α̂ = d_prior / ‖ĝ_full‖ with ‖g_⊥‖² ≈ (p − 1)·mean(d_random²) — is logged in ``info``
     where there are random directions to measure it with.
-
-    ``normalize=True`` returns ĝ/‖ĝ‖, so a step moves θ by a_k whatever the slopes read (as the
-    ℓ2 attacks of PRGF step). A text answer's loss is piecewise constant: a measured slope is a
-    jump over the radius or zero, so its size says how far the next answer change lies rather
-    than how steep the loss is, while its sign and the directions carry the information. With
-    it, ``a`` is a length in parameter space, not a learning rate.
     """
 
     def __init__(
@@ -358,7 +352,6 @@ class PriorGuided(GradientEstimator):
         use_previous: bool = False,
         num_random: int = 0,
         radius: float = 16.0,
-        normalize: bool = False,
         seed: int = 0,
     ):
         if num_random < 0 or radius <= 0:
@@ -367,7 +360,6 @@ class PriorGuided(GradientEstimator):
             raise ValueError("PriorGuided needs a proxy, the previous direction or random ones")
         self.use_proxy, self.use_previous = use_proxy, use_previous
         self.num_random, self.radius, self.seed = num_random, radius, seed
-        self.normalize = normalize
         self.previous: Tensor | None = None
 
     @property
@@ -399,10 +391,7 @@ class PriorGuided(GradientEstimator):
             (lp - lm) / (2 * radius) for lp, lm in zip(losses[0::2], losses[1::2], strict=True)
         ]
         gradient = sum((s * u for s, u in zip(slopes, basis, strict=True)), torch.zeros_like(theta))
-        norm = float(gradient.norm())
-        if self.normalize and norm > 0:
-            gradient = gradient / norm
-        self.previous = gradient.clone() if norm > 0 else self.previous
+        self.previous = gradient.clone() if float(gradient.norm()) > 0 else self.previous
         quality = _prior_quality(slopes, guided, p)  # measurable with random directions only
         info = {} if math.isnan(quality) else {"prior_quality": quality}
         return Estimate(gradient, _mean(losses), queries=len(points), info=info)
