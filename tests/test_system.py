@@ -13,7 +13,13 @@ from privacy_lit.callbacks.signal import UtilitySignalMeter
 from privacy_lit.cli import main
 from privacy_lit.proxy import RecognizerProxy
 from privacy_lit.system import PrivacySystem
-from privacy_lit.zo.estimators import HistoryEnhanced, NoSignal, PriorGuided, QueriedHistory
+from privacy_lit.zo.estimators import (
+    HistoryEnhanced,
+    NoSignal,
+    PriorGuided,
+    PriorGuidedSearch,
+    QueriedHistory,
+)
 from tests.conftest import TinyBenchmark
 
 
@@ -114,6 +120,18 @@ def test_a_prior_guided_step_measures_along_the_proxy_gradient(tiny: TinyBenchma
     assert system.mllm.stats.by_stage["train"] == 2 * 4  # θ ± r·prior for each of the 4 clips
     assert system.proxy.model is not None  # trained on the training clips, in setup
     assert system.last_gradient_estimate is not None
+
+
+def test_a_prior_guided_search_step_queries_the_centre_and_keeps_its_scale(
+    tiny: TinyBenchmark,
+) -> None:
+    search = PriorGuidedSearch()
+    system = _adversarial_fit(tiny, 2, estimator=search, proxy=RecognizerProxy(epochs=1))
+    assert system.mllm.stats.by_stage["train"] == 2 * 3 * 4  # θ and θ ± r·u, 4 clips, 2 steps
+    assert search.scale in {1 / 4, 1 / 2, 1.0}  # halved or doubled back at each of 2 steps
+    checkpoint: dict = {}
+    system.on_save_checkpoint(checkpoint)
+    assert checkpoint["zo"]["estimator"] == {"scale": search.scale}  # resumes where it was
 
 
 def test_an_estimator_that_needs_a_prior_refuses_to_run_without_a_proxy(
