@@ -35,7 +35,7 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
     for best, target, half, start in zip(
         meta["best_loss"], meta["target_loss"], meta["half_loss"], meta["start_loss"], strict=True
     ):
-        assert best <= target <= half <= start  # fmt: skip
+        assert best <= target <= half <= start
     for row in rows:
         assert math.isfinite(row.final_loss) and 0.0 <= row.final_top1 <= 1.0
         assert row.per_seed["final_loss"] == [row.final_loss]  # one seed: the mean is the seed

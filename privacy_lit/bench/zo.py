@@ -311,14 +311,15 @@ def run(
     # targets per seed: each task starts at its own loss, and a target set from the seeds' mean
     # would be met at the start on a seed that starts below it
     best = [min(rs[seed]["final_loss"] for rs in runs.values()) for seed in range(seeds)]
-    half = [a - 0.5 * (a - b) for a, b in zip(initial, best, strict=True)]
-    target = [a - 0.9 * (a - b) for a, b in zip(initial, best, strict=True)]
+    half, target = (
+        [a - share * (a - b) for a, b in zip(initial, best, strict=True)] for share in (0.5, 0.9)
+    )
     rows = []
     for name, rs in runs.items():
-        to_half = [queries_to_target(r["curve"], t, hold) for r, t in zip(rs, half, strict=True)]
-        to_target = [
-            queries_to_target(r["curve"], t, hold) for r, t in zip(rs, target, strict=True)
-        ]
+        to_half, to_target = (
+            [queries_to_target(r["curve"], t, hold) for r, t in zip(rs, losses, strict=True)]
+            for losses in (half, target)
+        )
         rows.append(BenchRow(
             name, _mean(to_half), _mean(to_target),
             _mean(r["final_loss"] for r in rs), _mean(r["final_top1"] for r in rs),
