@@ -8,7 +8,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from privacy_lit.bench.zo import HeadTask, format_table, peak_step_bytes, queries_to_target, run
+from privacy_lit.bench.zo import (
+    BenchRow,
+    HeadTask,
+    format_table,
+    fraction_of_spsa,
+    peak_step_bytes,
+    per_seed_versus_spsa,
+    queries_to_target,
+    run,
+)
 from privacy_lit.proxy import RecognizerProxy
 from tests.conftest import TINY_CONFIG, TinyBenchmark
 
@@ -99,3 +108,19 @@ def test_bench_on_the_training_objective_compares_estimators_at_equal_calls(
     assert sorted(tmp_path.rglob("results.json")) == finished  # finished runs are not redone
     assert [r.top1 for r in again] == [r.top1 for r in rows]
     assert "| prior-guided (proxy) | 1 |" in zo_training.format_table(rows)
+
+
+def test_fractions_of_spsa_are_per_seed_and_bounded_where_spsa_never_got_there() -> None:
+    assert fraction_of_spsa(4.0, 40.0, budget=160) == (0.1, False)
+    assert fraction_of_spsa(16.0, math.inf, budget=160) == (0.1, True)  # SPSA needs > 160
+    assert fraction_of_spsa(math.inf, 4.0, budget=160) == (math.inf, False)
+    spsa, ours = (
+        BenchRow(name, 0, 0, 0, 0, 0, 0, 0, 0, {"queries_to_half": h, "queries_to_target": t})
+        for name, h, t in (
+            ("SPSA", [40.0, 2.0], [math.inf, 4.0]),
+            ("ours", [3.0, 6.0], [9.0, 18.0]),
+        )
+    )
+    _, line = per_seed_versus_spsa([spsa, ours], spsa, budget=160)
+    assert "3.0 (0.07) / 9.0 (≤ 0.06); 6.0 (3.00) / 18.0 (4.50)" in line
+    assert line.endswith("both ≤ 1/5 of SPSA's on 1 of 2 seeds")

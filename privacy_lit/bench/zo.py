@@ -383,6 +383,8 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
             "(the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
             f"{_ratio(ours.gradient_variance, spsa.gradient_variance)}"
         )
+    if spsa is not None:
+        lines += per_seed_versus_spsa(rows, spsa, meta["budget"])
     if "history_bytes" in meta:
         lines.append(
             f"critical history at m = {meta['history_capacity']}: {meta['history_bytes']:,} bytes, "
@@ -390,6 +392,42 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
             f"({meta['step_peak_bytes'] + meta['history_bytes']:,} bytes with the buffer)"
         )
     return "\n".join(lines)
+
+
+def fraction_of_spsa(ours: float, spsa: float, budget: int) -> tuple[float, bool]:
+    """``ours`` / SPSA's queries to a target on one seed, and whether it is an upper bound: where
+    SPSA never held the target within ``budget`` it needs more than that, so ours / budget bounds
+    the fraction from above. ``inf`` where ``ours`` never held it."""
+    if math.isinf(ours):
+        return math.inf, False
+    return (ours / budget, True) if math.isinf(spsa) else (ours / spsa, False)
+
+
+def per_seed_versus_spsa(rows: list[BenchRow], spsa: BenchRow, budget: int) -> list[str]:
+    """Each row's queries to the two targets seed by seed, as fractions of SPSA's on the same
+    seed, and on how many seeds both fractions are at most 1/5 (a mean over seeds hides a seed
+    where one method's first random step happened to land below a target)."""
+    lines = ["per seed, queries to 50 % / 90 % (fraction of SPSA's; ≤: SPSA never held it):"]
+    for row in rows:
+        if row is spsa or "queries_to_half" not in row.per_seed:
+            continue
+        cells, fifth = [], 0
+        pairs = zip(row.per_seed["queries_to_half"], row.per_seed["queries_to_target"],
+                    spsa.per_seed["queries_to_half"], spsa.per_seed["queries_to_target"],
+                    strict=True)  # fmt: skip
+        for ours_half, ours_target, spsa_half, spsa_target in pairs:
+            half = fraction_of_spsa(ours_half, spsa_half, budget)
+            target = fraction_of_spsa(ours_target, spsa_target, budget)
+            fifth += half[0] <= 0.2 and target[0] <= 0.2
+            cells.append(f"{_queries(ours_half)} ({_fraction(*half)}) / "
+                         f"{_queries(ours_target)} ({_fraction(*target)})")  # fmt: skip
+        lines.append(f"- {row.method}: {'; '.join(cells)} — both ≤ 1/5 of SPSA's on {fifth} of "
+                     f"{len(cells)} seeds")  # fmt: skip
+    return lines
+
+
+def _fraction(value: float, bound: bool) -> str:
+    return "never" if math.isinf(value) else f"{'≤ ' if bound else ''}{value:.2f}"
 
 
 def _queries(value: float) -> str:
