@@ -95,10 +95,13 @@ def test_bench_on_the_training_objective_compares_estimators_at_equal_calls(
         "--trainer.limit_train_batches=2", "--model.recon_epochs=1", "--model.reviewer_epochs=1",
         "--trainer.max_epochs=3",
     ]  # fmt: skip
-    only = ["no signal (control)", "prior-guided (proxy)"]
+    only = ["no signal (control)", "prior-guided (proxy)", "SPSA (no history)"]
     rows = zo_training.run("conf/demo.yaml", tmp_path, 1, 1, tiny_args, only=only, surrogate=False)
     by_name = {r.method: r for r in rows}
     assert set(by_name) == set(only)
+    # each row's own arguments reach its model (not the pre-training checkpoint's hyper-parameters)
+    (hparams,) = tmp_path.glob("SPSA-seed0/lightning_logs/version_*/hparams.yaml")
+    assert "use_history: false" in hparams.read_text()
     control, guided = by_name["no signal (control)"], by_name["prior-guided (proxy)"]
     assert control.calls_per_sample == guided.calls_per_sample  # the same budget of queries
     assert control.median_cosine == [0.0]  # a zero direction carries no signal

@@ -29,6 +29,8 @@ import statistics
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from privacy_lit.evaluation import Row, read_results
 
 ESTIMATORS: dict[str, list[str]] = {
@@ -94,6 +96,24 @@ def _pretraining_epochs(config: str, extra: list[str]) -> int:
     return cli.model.hparams.recon_epochs + cli.model.hparams.reviewer_epochs
 
 
+def starting_point(checkpoint: Path, out: Path) -> Path:
+    """``checkpoint`` without its saved hyper-parameters, as ``out/start.ckpt``.
+
+    ``fit --ckpt_path`` makes LightningCLI parse a checkpoint's hyper-parameters *over* the
+    command line's model arguments: from the pre-training checkpoint itself every row would run
+    with the pre-training's estimator switches (``use_history``) and ``zo_seed``, whatever its
+    arguments say. Only the states are needed to go on from it. Read with ``weights_only``: a
+    ``--pretrained`` file may come from elsewhere.
+    """
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+    state.pop("hyper_parameters", None)
+    start = out / "start.ckpt"
+    start.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(state, start.with_suffix(".tmp"))
+    start.with_suffix(".tmp").replace(start)  # a stopped bench never leaves half a file
+    return start
+
+
 def _last_checkpoint(out: Path) -> Path | None:
     found = sorted(out.rglob("*.ckpt"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
@@ -133,6 +153,7 @@ def run(
     where it was), then the table of everything under ``out``."""
     if checkpoint is None:  # one pre-training per bench folder, kept for a resumed bench
         checkpoint = _last_checkpoint(out / "pretrain") or pretrain(config, out / "pretrain", extra)
+    checkpoint = starting_point(checkpoint, out)
     for seed in range(seeds):
         for name, args in ESTIMATORS.items():
             if (only is not None and name not in only) or _finished(_run_dir(out, name, seed)):
