@@ -13,6 +13,7 @@ from privacy_lit.bench.zo import (
     HeadTask,
     format_table,
     fraction_of_spsa,
+    mean_fraction_of_spsa,
     peak_step_bytes,
     per_seed_versus_spsa,
     queries_to_target,
@@ -41,6 +42,7 @@ def test_bench_zo_runs_every_method_on_the_same_budget(task_factory) -> None:
         "prior-guided (proxy + 1 random)",
     ]  # fmt: skip
     assert meta["parameters"] == 9067 and meta["budget"] == 8 and meta["clips"] == 2
+    assert meta["seed_list"] == [0]
     for best, target, half, start in zip(
         meta["best_loss"], meta["target_loss"], meta["half_loss"], meta["start_loss"], strict=True
     ):
@@ -127,3 +129,10 @@ def test_fractions_of_spsa_are_per_seed_and_bounded_where_spsa_never_got_there()
     _, line = per_seed_versus_spsa([spsa, ours], spsa, budget=160)
     assert "3.0 (0.07) / 9.0 (≤ 0.06); 6.0 (3.00) / 18.0 (4.50)" in line
     assert line.endswith("both ≤ 1/5 of SPSA's on 1 of 2 seeds")
+
+
+def test_the_mean_fraction_of_spsa_is_a_bound_where_spsa_never_got_there() -> None:
+    spsa = BenchRow("SPSA", 0, 0, 0, 0, 0, 0, 0, 0, {"q": [40.0, math.inf]})
+    ours = BenchRow("ours", 0, 0, 0, 0, 0, 0, 0, 0, {"q": [4.0, 16.0]})
+    assert mean_fraction_of_spsa(ours, spsa, 160, "q") == (10.0 / 100.0, True)  # SPSA ≥ 160
+    assert mean_fraction_of_spsa(spsa, ours, 160, "q") == (math.inf, False)

@@ -291,14 +291,15 @@ def history_memory(task: HeadTask, estimator: HistoryEnhanced, gains: GainSchedu
 
 def run(
     make_task: Callable[[int], HeadTask], seeds: int, budget: int, hold: int = 3,
-    only: list[str] | None = None,
+    only: list[str] | None = None, first_seed: int = 0,
 ) -> tuple[list[BenchRow], dict]:  # fmt: skip
-    """Every estimator (or those named in ``only``) on ``make_task(seed)`` for each seed,
-    ``budget`` queries per sample each."""
+    """Every estimator (or those named in ``only``) on ``make_task(seed)`` for ``seeds`` seeds
+    from ``first_seed``, ``budget`` queries per sample each."""
     runs: dict[str, list[dict]] = {}
     initial = []
     memory: dict[str, float] = {}
-    for seed in range(seeds):
+    seed_list = list(range(first_seed, first_seed + seeds))
+    for seed in seed_list:
         task = make_task(seed)
         initial.append(task.loss(task.start))
         for name, (estimator, gains) in methods(task, seed).items():
@@ -310,7 +311,7 @@ def run(
                 memory = history_memory(task, estimator, gains)
     # targets per seed: each task starts at its own loss, and a target set from the seeds' mean
     # would be met at the start on a seed that starts below it
-    best = [min(rs[seed]["final_loss"] for rs in runs.values()) for seed in range(seeds)]
+    best = [min(rs[i]["final_loss"] for rs in runs.values()) for i in range(seeds)]
     half, target = (
         [a - share * (a - b) for a, b in zip(initial, best, strict=True)] for share in (0.5, 0.9)
     )
@@ -331,8 +332,8 @@ def run(
         ))  # fmt: skip
     meta = {
         "start_loss": initial, "best_loss": best, "half_loss": half, "target_loss": target,
-        "budget": budget,
-        "seeds": seeds, "clips": len(task.actions), "parameters": task.start.numel(),
+        "budget": budget, "seeds": seeds, "seed_list": seed_list,
+        "clips": len(task.actions), "parameters": task.start.numel(),
         "hold": hold, **memory,
     }  # fmt: skip
     return rows, meta
@@ -346,8 +347,8 @@ def _mean(values) -> float:
 def format_table(rows: list[BenchRow], meta: dict) -> str:
     per_seed = ", ".join(
         f"seed {i}: {h:.3f} / {t:.3f} from {a:.3f} (best {b:.3f})"
-        for i, (a, h, t, b) in enumerate(zip(meta["start_loss"], meta["half_loss"],
-                                             meta["target_loss"], meta["best_loss"], strict=True))
+        for i, a, h, t, b in zip(meta["seed_list"], meta["start_loss"], meta["half_loss"],
+                                 meta["target_loss"], meta["best_loss"], strict=True)
     )  # fmt: skip
     lines = [
         f"targets (50 % / 90 % of the way from a seed's start loss to its best final loss of any "
@@ -363,9 +364,9 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
         versus = (
             "—"
             if spsa is None
-            else (
-                f"{_ratio(r.queries_to_half, spsa.queries_to_half)} / "
-                f"{_ratio(r.queries_to_target, spsa.queries_to_target)}"
+            else " / ".join(
+                _fraction(*mean_fraction_of_spsa(r, spsa, meta["budget"], key))
+                for key in ("queries_to_half", "queries_to_target")
             )
         )
         lines.append(
@@ -378,10 +379,11 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
     if ours and spsa:
         lines.append(
             "queries of critical history / plain SPSA: "
-            f"{_ratio(ours.queries_to_half, spsa.queries_to_half)} to 50 %, "
-            f"{_ratio(ours.queries_to_target, spsa.queries_to_target)} to 90 % "
-            "(the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
-            f"{_ratio(ours.gradient_variance, spsa.gradient_variance)}"
+            f"{_fraction(*mean_fraction_of_spsa(ours, spsa, meta['budget'], 'queries_to_half'))}"
+            " to 50 %, "
+            f"{_fraction(*mean_fraction_of_spsa(ours, spsa, meta['budget'], 'queries_to_target'))}"
+            " to 90 % (the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
+            f"{ours.gradient_variance / spsa.gradient_variance:.2f}"
         )
     if spsa is not None:
         lines += per_seed_versus_spsa(rows, spsa, meta["budget"])
@@ -401,6 +403,20 @@ def fraction_of_spsa(ours: float, spsa: float, budget: int) -> tuple[float, bool
     if math.isinf(ours):
         return math.inf, False
     return (ours / budget, True) if math.isinf(spsa) else (ours / spsa, False)
+
+
+def mean_fraction_of_spsa(
+    row: BenchRow, spsa: BenchRow, budget: int, key: str
+) -> tuple[float, bool]:
+    """``row``'s mean queries to a target (``key`` of ``per_seed``) over SPSA's, and whether it is
+    an upper bound: a seed where SPSA never held the target counts as ``budget`` queries, fewer
+    than it would need, so SPSA's mean is bounded from below. ``inf`` where ``row`` never held it
+    on some seed."""
+    ours, theirs = row.per_seed[key], spsa.per_seed[key]
+    if any(math.isinf(q) for q in ours):
+        return math.inf, False
+    floor = _mean(min(q, budget) for q in theirs)
+    return _mean(ours) / floor, any(math.isinf(q) for q in theirs)
 
 
 def per_seed_versus_spsa(rows: list[BenchRow], spsa: BenchRow, budget: int) -> list[str]:
@@ -441,14 +457,6 @@ def _value(value: float, spec: str = ".3g") -> str:
     return "—" if math.isnan(value) else format(value, spec)
 
 
-def _ratio(ours: float, theirs: float) -> str:
-    if math.isinf(ours):
-        return "never"
-    if math.isinf(theirs):
-        return "SPSA never"
-    return f"{ours / theirs:.2f}" if theirs else "n/a"
-
-
 def main(argv: list[str]) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m privacy_lit bench zo",
@@ -457,6 +465,7 @@ def main(argv: list[str]) -> None:
     )
     parser.add_argument("--root", default="data/synthetic")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds are FIRST..FIRST+SEEDS-1")
     parser.add_argument("--budget", type=int, default=64, help="queries per sample per run")
     parser.add_argument("--clips", type=int, default=8)
     parser.add_argument("--json", type=Path, default=None)
@@ -518,7 +527,7 @@ def main(argv: list[str]) -> None:
         proxy = RecognizerProxy()
         proxy.prepare(data, torch.device("cpu"))
     rows, meta = run(lambda seed: HeadTask(data, mllm, args.clips, seed, proxy), args.seeds,
-                     args.budget, only=args.only)  # fmt: skip
+                     args.budget, only=args.only, first_seed=args.first_seed)  # fmt: skip
     print(format_table(rows, meta))
     if args.json:
         args.json.write_text(json.dumps({"rows": [asdict(r) for r in rows], **meta}, indent=2))
