@@ -383,7 +383,7 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
             " to 50 %, "
             f"{_fraction(*mean_fraction_of_spsa(ours, spsa, meta['budget'], 'queries_to_target'))}"
             " to 90 % (the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
-            f"{ours.gradient_variance / spsa.gradient_variance:.2f}"
+            f"{_value(_divided(ours.gradient_variance, spsa.gradient_variance), '.2f')}"
         )
     if spsa is not None:
         lines += per_seed_versus_spsa(rows, spsa, meta["budget"])
@@ -450,6 +450,11 @@ def _queries(value: float) -> str:
     """Queries per sample to a target; "never" when a run (or, averaged, any seed) did not hold
     it within the budget."""
     return "never" if math.isinf(value) else f"{value:.1f}"
+
+
+def _divided(a: float, b: float) -> float:
+    """a / b, NaN where b is 0 (SPSA's estimates may all have been zero on a short run)."""
+    return a / b if b else math.nan
 
 
 def _value(value: float, spec: str = ".3g") -> str:
