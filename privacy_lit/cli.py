@@ -22,8 +22,10 @@ from __future__ import annotations
 import importlib
 import os
 import sys
+from typing import Any
 
 from lightning.pytorch.cli import LightningCLI
+from lightning.pytorch.utilities import rank_zero_warn
 
 from privacy_lit.data.joint import PrivacyUtilityDataModule
 from privacy_lit.system import PrivacySystem
@@ -53,6 +55,39 @@ CLI_CLASSES = {
 data module), so configs and overlays mean the same to both."""
 
 
+class PrivacyCLI(LightningCLI):
+    """LightningCLI that names the model arguments a checkpoint's hyper-parameters replace.
+
+    With ``--ckpt_path``, LightningCLI parses the checkpoint's saved hyper-parameters *over* the
+    config and the command line: right for a resume, silent for a researcher who starts from a
+    shared checkpoint with other arguments (``--model.use_history=false`` would run with history).
+    The behaviour stays Lightning's; the warning says which arguments it overrode.
+    """
+
+    def _parse_ckpt_path(self) -> None:
+        subcommand = self.config.get("subcommand")
+        before = self.config[subcommand].model.as_dict() if subcommand else {}
+        super()._parse_ckpt_path()
+        if not subcommand:
+            return
+        after = self.config[subcommand].model.as_dict()
+        replaced = replaced_arguments(before, after)
+        if replaced:
+            changes = ", ".join(f"{k}: {old!r} → {new!r}" for k, (old, new) in replaced.items())
+            rank_zero_warn(
+                f"{self.config[subcommand].ckpt_path}: the checkpoint's saved hyper-parameters "
+                f"replace these model arguments: {changes}. To go on from its weights with "
+                "other arguments, load a copy without its 'hyper_parameters' entry (as "
+                "`bench zo --objective training` does)."
+            )
+
+
+def replaced_arguments(before: dict[str, Any], after: dict[str, Any]) -> dict[str, tuple]:
+    """The keys whose values differ between two model configurations: (before, after)."""
+    return {k: (before.get(k), after.get(k)) for k in before.keys() | after.keys()
+            if before.get(k) != after.get(k)}  # fmt: skip
+
+
 def _subcommand(argv: list[str]) -> tuple[str, list[str]] | None:
     for words, module in SUBCOMMANDS.items():
         if tuple(argv[: len(words)]) == words:
@@ -72,4 +107,4 @@ def main(args: list[str] | None = None) -> LightningCLI | None:
     # W&B must never need an account: without an API key runs are written offline.
     if not os.environ.get("WANDB_API_KEY"):
         os.environ.setdefault("WANDB_MODE", "offline")
-    return LightningCLI(**CLI_CLASSES, save_config_kwargs={"overwrite": True}, args=args)
+    return PrivacyCLI(**CLI_CLASSES, save_config_kwargs={"overwrite": True}, args=args)

@@ -175,3 +175,17 @@ def test_a_checkpoint_from_pretraining_starts_any_estimator(tiny: TinyBenchmark)
     checkpoint["zo"]["step"] = 1  # mid adversarial phase: the estimator state must match
     with pytest.raises(ValueError, match="same estimator"):
         other.on_load_checkpoint(checkpoint)
+
+
+def test_the_cli_names_the_arguments_a_checkpoints_hyper_parameters_replace(
+    tiny: TinyBenchmark, tmp_path: Path
+) -> None:
+    cli = main(["fit", *tiny.cli_args(tmp_path / "a"), "--trainer.fast_dev_run=1"])
+    checkpoint = tmp_path / "pretrained.ckpt"
+    cli.trainer.save_checkpoint(checkpoint, weights_only=False)  # saved with use_history=True
+    with pytest.warns(
+        UserWarning, match=r"replace these model arguments: .*use_history: False → True"
+    ):
+        again = main(["fit", *tiny.cli_args(tmp_path / "b"), "--trainer.fast_dev_run=1",
+                      f"--ckpt_path={checkpoint}", "--model.use_history=false"])  # fmt: skip
+    assert again.model.hparams.use_history  # Lightning's behaviour, now said out loud
