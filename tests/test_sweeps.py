@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 import yaml
-from lightning.pytorch.cli import LightningCLI
 
 import privacy_lit.cli
 from privacy_lit import sweep as sweep_module
+from privacy_lit.cli import PrivacyCLI
 from privacy_lit.sweep import (
     SweepError,
     configurations,
@@ -32,7 +32,7 @@ PAPER_GRIDS = {
 }
 
 
-class _ParseOnly(LightningCLI):
+class _ParseOnly(PrivacyCLI):
     """The project's LightningCLI, built by ``privacy_lit.cli.main`` but never instantiating."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -46,7 +46,7 @@ class _ParseOnly(LightningCLI):
 @pytest.fixture(scope="module")
 def cli_parser():
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(privacy_lit.cli, "LightningCLI", _ParseOnly)
+        patch.setattr(privacy_lit.cli, "PrivacyCLI", _ParseOnly)
         cli = privacy_lit.cli.main(["--config", "conf/demo.yaml"])
     return cli.parser
 
