@@ -307,7 +307,7 @@ def run(
                 continue
             runs.setdefault(name, []).append(_run(task, estimator, gains, budget))
             print(f"seed {seed} {name}: final loss {runs[name][-1]['final_loss']:.3f}", flush=True)
-            if seed == 0 and name == PAPER:
+            if seed == seed_list[0] and name == PAPER:
                 memory = history_memory(task, estimator, gains)
     # targets per seed: each task starts at its own loss, and a target set from the seeds' mean
     # would be met at the start on a seed that starts below it
@@ -364,10 +364,8 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
         versus = (
             "—"
             if spsa is None
-            else " / ".join(
-                _fraction(*mean_fraction_of_spsa(r, spsa, meta["budget"], key))
-                for key in ("queries_to_half", "queries_to_target")
-            )
+            else f"{_versus(r, spsa, meta, 'queries_to_half')} / "
+            f"{_versus(r, spsa, meta, 'queries_to_target')}"
         )
         lines.append(
             f"| {r.method} | {_queries(r.queries_to_half)} | {_queries(r.queries_to_target)} | "
@@ -379,10 +377,9 @@ def format_table(rows: list[BenchRow], meta: dict) -> str:
     if ours and spsa:
         lines.append(
             "queries of critical history / plain SPSA: "
-            f"{_fraction(*mean_fraction_of_spsa(ours, spsa, meta['budget'], 'queries_to_half'))}"
-            " to 50 %, "
-            f"{_fraction(*mean_fraction_of_spsa(ours, spsa, meta['budget'], 'queries_to_target'))}"
-            " to 90 % (the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
+            f"{_versus(ours, spsa, meta, 'queries_to_half')} to 50 %, "
+            f"{_versus(ours, spsa, meta, 'queries_to_target')} to 90 % "
+            "(the paper's Tab. 6: 24 / 136 = 0.18); gradient variance "
             f"{_value(_divided(ours.gradient_variance, spsa.gradient_variance), '.2f')}"
         )
     if spsa is not None:
@@ -425,7 +422,7 @@ def per_seed_versus_spsa(rows: list[BenchRow], spsa: BenchRow, budget: int) -> l
     where one method's first random step happened to land below a target)."""
     lines = ["per seed, queries to 50 % / 90 % (fraction of SPSA's; ≤: SPSA never held it):"]
     for row in rows:
-        if row is spsa or "queries_to_half" not in row.per_seed:
+        if row is spsa:
             continue
         cells, fifth = [], 0
         pairs = zip(row.per_seed["queries_to_half"], row.per_seed["queries_to_target"],
@@ -440,6 +437,10 @@ def per_seed_versus_spsa(rows: list[BenchRow], spsa: BenchRow, budget: int) -> l
         lines.append(f"- {row.method}: {'; '.join(cells)} — both ≤ 1/5 of SPSA's on {fifth} of "
                      f"{len(cells)} seeds")  # fmt: skip
     return lines
+
+
+def _versus(row: BenchRow, spsa: BenchRow, meta: dict, key: str) -> str:
+    return _fraction(*mean_fraction_of_spsa(row, spsa, meta["budget"], key))
 
 
 def _fraction(value: float, bound: bool) -> str:
